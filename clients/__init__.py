@@ -1,0 +1,1 @@
+"""Darkroom clients: the Python client library and the `darkroom` CLI."""

@@ -1,0 +1,122 @@
+"""The job table: SQLAlchemy 2 typed model of the row that is the source of truth."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Double,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class State(enum.StrEnum):
+    """Job states as stored; the values mirror `darkroom.v1.JobState` without prefix."""
+
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the state never changes again."""
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED})
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class JobRow(Base):
+    """One job. Transitions go through `darkroom.store`, never through attribute writes."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    request_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    # SHA-256 of the submitted request, to tell an idempotent replay from a conflict.
+    request_hash: Mapped[str] = mapped_column(String(64))
+
+    prompt: Mapped[str] = mapped_column(Text)
+    prompt_sha256: Mapped[str] = mapped_column(String(64))
+    negative_prompt: Mapped[str] = mapped_column(Text, server_default="")
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    steps: Mapped[int] = mapped_column(Integer)
+    guidance_scale: Mapped[float] = mapped_column(Double)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    num_images: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(256))
+
+    state: Mapped[State] = mapped_column(String(16))
+    attempt: Mapped[int] = mapped_column(Integer, server_default="0")
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    worker_id: Mapped[str | None] = mapped_column(String(256))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Earliest time a QUEUED job may be claimed (backoff between attempts).
+    run_after: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    progress_step: Mapped[int] = mapped_column(Integer, server_default="0")
+    progress_total: Mapped[int] = mapped_column(Integer, server_default="0")
+
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    deadline: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    error_code: Mapped[int | None] = mapped_column(Integer)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    outputs: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default="[]")
+    model_id: Mapped[str | None] = mapped_column(String(512))
+    model_version: Mapped[str | None] = mapped_column(String(128))
+
+    __table_args__ = (
+        UniqueConstraint("owner", "request_id"),
+        CheckConstraint(
+            "state IN ('QUEUED', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED')", name="state"
+        ),
+        CheckConstraint("attempt >= 0 AND attempt <= max_attempts", name="attempt"),
+        CheckConstraint("state <> 'RUNNING' OR lease_expires_at IS NOT NULL", name="lease"),
+        # List by owner, newest first (ids are UUIDv7, so id order is creation order).
+        Index("ix_jobs_owner_id", "owner", text("id DESC")),
+        Index("ix_jobs_owner_state_id", "owner", "state", text("id DESC")),
+        # The reconciler's scans: expired leases, and queued work to re-enqueue or expire.
+        Index(
+            "ix_jobs_running_lease",
+            "lease_expires_at",
+            postgresql_where=text("state = 'RUNNING'"),
+        ),
+        Index("ix_jobs_queued_run_after", "run_after", postgresql_where=text("state = 'QUEUED'")),
+        Index("ix_jobs_queued_deadline", "deadline", postgresql_where=text("state = 'QUEUED'")),
+    )

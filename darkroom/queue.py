@@ -1,0 +1,73 @@
+"""The work queue: arq on Redis, carrying only a job id and an attempt, as JSON.
+
+Never pickle: a queue message must not be able to run code on a GPU node.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+from arq.connections import ArqRedis
+from redis.asyncio import ConnectionPool
+
+from darkroom.config import Settings
+
+RUN_JOB = "run_job"
+
+
+def serialize(message: dict[str, Any]) -> bytes:
+    """arq job serializer: JSON only."""
+    return json.dumps(message, separators=(",", ":")).encode()
+
+
+def deserialize(data: bytes) -> dict[str, Any]:
+    """arq job deserializer: JSON only."""
+    message = json.loads(data)
+    if not isinstance(message, dict):
+        raise ValueError("a queue message must be a JSON object")
+    return message
+
+
+def connect(settings: Settings) -> ArqRedis:
+    """A Redis client that speaks arq with our serializer and queue name.
+
+    It connects lazily, so a process starts even while Redis is down.
+    """
+    pool = ConnectionPool.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.enqueue_timeout.total_seconds(),
+        health_check_interval=30,
+    )
+    return ArqRedis(
+        pool,
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+        default_queue_name=settings.queue_name,
+    )
+
+
+class JobQueue:
+    """Enqueues job attempts for generators."""
+
+    def __init__(self, redis: ArqRedis, key_prefix: str) -> None:
+        self._redis = redis
+        self._key_prefix = key_prefix
+
+    def arq_job_id(self, job_id: uuid.UUID, attempt: int) -> str:
+        """One arq id per attempt, so a finished attempt never blocks the next one."""
+        return f"{self._key_prefix}:{job_id}:{attempt}"
+
+    async def enqueue(
+        self, job_id: uuid.UUID, attempt: int, *, not_before: datetime | None = None
+    ) -> None:
+        """Queue the attempt after `attempt` of a job. An id already queued counts as done."""
+        await self._redis.enqueue_job(
+            RUN_JOB,
+            str(job_id),
+            attempt,
+            _job_id=self.arq_job_id(job_id, attempt),
+            _defer_until=not_before,
+        )

@@ -1,0 +1,80 @@
+"""gRPC server bootstrap shared by the Jobs and Events services.
+
+`create_server` builds and starts a server on an address (port 0 in tests) with health
+checking and reflection; `serve` runs it until SIGTERM/SIGINT and shuts down gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = structlog.get_logger("darkroom.server")
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+SERVER_OPTIONS: Sequence[tuple[str, int]] = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Keep idle streams alive through proxies, and let clients ping every 10 s or more.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+
+
+@dataclass
+class RunningServer:
+    """A started server, the port it bound and its health servicer."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    service_names: Sequence[str]
+
+    async def stop(self, grace: timedelta) -> None:
+        """Report NOT_SERVING, then let in-flight calls finish for up to `grace`."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace.total_seconds())
+
+
+async def create_server(
+    address: str, register: Callable[[grpc.aio.Server], Sequence[str]]
+) -> RunningServer:
+    """Start a server on `address`; `register` adds servicers and returns their names."""
+    server = grpc.aio.server(options=list(SERVER_OPTIONS))
+    service_names = list(register(server))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    await server.start()
+    for name in ["", *service_names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("server_started", address=address, port=port, services=service_names)
+    return RunningServer(server, port, health_servicer, service_names)
+
+
+async def serve(running: RunningServer, grace: timedelta) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("server_stopping", grace_s=grace.total_seconds())
+    await running.stop(grace)
+    log.info("server_stopped")

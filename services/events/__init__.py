@@ -1,0 +1,1 @@
+"""The Events service: resumable `WatchJob` streams fed by per-job Redis streams."""

@@ -1,0 +1,1 @@
+"""The Jobs service: validates, records and enqueues jobs; answers and cancels them."""

@@ -1,0 +1,60 @@
+"""Wiring of the Jobs service: engine, Redis, servicer and gRPC server."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+from arq.connections import ArqRedis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from darkroom import db, queue
+from darkroom.auth import Authenticator
+from darkroom.config import Settings
+from darkroom.events import EventLog
+from darkroom.server import RunningServer, create_server
+from darkroom.store import JobStore
+from darkroom.v1 import jobs_service_pb2, jobs_service_pb2_grpc
+from services.jobs.servicer import JobsServicer
+
+SERVICE_NAME = jobs_service_pb2.DESCRIPTOR.services_by_name["JobsService"].full_name
+
+
+@dataclass
+class JobsApp:
+    """A running Jobs service and the connections it owns."""
+
+    running: RunningServer
+    engine: AsyncEngine
+    redis: ArqRedis
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    async def close(self, settings: Settings) -> None:
+        """Stop serving (gracefully), then release connections."""
+        await self.running.stop(settings.shutdown_grace)
+        await self.redis.aclose()
+        await self.engine.dispose()
+
+
+async def start(settings: Settings, address: str | None = None) -> JobsApp:
+    """Start the Jobs service on `address` (default: `settings.jobs_address`)."""
+    engine = db.create_engine(settings.database_url, settings.database_pool_size)
+    redis = queue.connect(settings)
+    servicer = JobsServicer(
+        settings,
+        store=JobStore(engine),
+        queue=queue.JobQueue(redis, settings.key_prefix),
+        event_log=EventLog(redis, settings.key_prefix),
+        authenticator=Authenticator(settings.auth_tokens),
+    )
+
+    def register(server: grpc.aio.Server) -> Sequence[str]:
+        jobs_service_pb2_grpc.add_JobsServiceServicer_to_server(servicer, server)
+        return [SERVICE_NAME]
+
+    running = await create_server(address or settings.jobs_address, register)
+    return JobsApp(running, engine, redis)

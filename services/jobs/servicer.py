@@ -1,0 +1,181 @@
+"""`darkroom.v1.JobsService`: submit, get, list and cancel jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import structlog
+
+from darkroom import events
+from darkroom.auth import Authenticator
+from darkroom.config import Settings
+from darkroom.convert import PROTO_TO_STATE, job_to_proto
+from darkroom.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    FieldViolation,
+    InvalidArgumentError,
+    NotFoundError,
+)
+from darkroom.events import EventLog
+from darkroom.models import JobRow, State
+from darkroom.queue import JobQueue
+from darkroom.rpc import unary
+from darkroom.store import JobStore
+from darkroom.v1 import job_pb2, jobs_service_pb2, jobs_service_pb2_grpc
+from darkroom.validation import parse_uuid, validate_submit
+
+log = structlog.get_logger("darkroom.jobs")
+
+Context = grpc.aio.ServicerContext[Any, Any]
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 1_000
+
+
+def _job_id(value: str) -> uuid.UUID:
+    job_id, violations = parse_uuid("job_id", value)
+    if job_id is None:
+        raise InvalidArgumentError("the job id is invalid", violations)
+    return job_id
+
+
+class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
+    """Handlers of the JobsService RPCs, scoped to the authenticated owner."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: JobStore,
+        queue: JobQueue,
+        event_log: EventLog,
+        authenticator: Authenticator,
+        url_for: Callable[[str], str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.queue = queue
+        self.event_log = event_log
+        self.authenticator = authenticator
+        self.url_for = url_for
+
+    def _proto(self, row: JobRow) -> job_pb2.Job:
+        return job_to_proto(row, self.url_for)
+
+    @unary("SubmitJob")
+    async def SubmitJob(
+        self, request: jobs_service_pb2.SubmitJobRequest, context: Context, owner: str
+    ) -> jobs_service_pb2.SubmitJobResponse:
+        job = validate_submit(request, self.settings)
+        row, created = await self.store.create(owner, job, self.settings.max_attempts)
+        structlog.contextvars.bind_contextvars(job_id=str(row.id))
+        if not created:
+            if row.request_hash != job.request_hash:
+                raise AlreadyExistsError(
+                    f"request_id {job.request_id} was already used for a different request",
+                    metadata={"job_id": str(row.id)},
+                )
+            return jobs_service_pb2.SubmitJobResponse(job=self._proto(row), replayed=True)
+        await self._announce(row)
+        return jobs_service_pb2.SubmitJobResponse(job=self._proto(row), replayed=False)
+
+    async def _announce(self, row: JobRow) -> None:
+        """Publish `queued` and enqueue the first attempt, best effort.
+
+        The committed row is the truth: when Redis fails here the submit still succeeds
+        and the reconciler enqueues the job later.
+        """
+        timeout = self.settings.enqueue_timeout.total_seconds()
+        try:
+            async with asyncio.timeout(timeout):
+                await self.event_log.append(events.queued(row.id, row.attempt))
+                await self.queue.enqueue(row.id, row.attempt)
+        except Exception as exc:  # noqa: BLE001 - any Redis failure is left to the reconciler
+            log.warning("enqueue_deferred", error=repr(exc))
+
+    @unary("GetJob")
+    async def GetJob(
+        self, request: jobs_service_pb2.GetJobRequest, context: Context, owner: str
+    ) -> jobs_service_pb2.GetJobResponse:
+        job_id = _job_id(request.job_id)
+        structlog.contextvars.bind_contextvars(job_id=str(job_id))
+        row = await self.store.get(owner, job_id)
+        if row is None:
+            raise NotFoundError(f"job {job_id} not found")
+        return jobs_service_pb2.GetJobResponse(job=self._proto(row))
+
+    @unary("ListJobs")
+    async def ListJobs(
+        self, request: jobs_service_pb2.ListJobsRequest, context: Context, owner: str
+    ) -> jobs_service_pb2.ListJobsResponse:
+        violations = []
+        if request.page_size < 0:
+            violations.append(FieldViolation("page_size", "must not be negative"))
+        if request.state and request.state not in PROTO_TO_STATE:
+            violations.append(FieldViolation("state", f"unknown job state {request.state}"))
+        before = None
+        if request.page_token:
+            before = _decode_page_token(request.page_token, request.state)
+            if before is None:
+                violations.append(
+                    FieldViolation(
+                        "page_token",
+                        "is not a token from a previous ListJobs with the same filter",
+                    )
+                )
+        if violations:
+            raise InvalidArgumentError("the list request is invalid", violations)
+        page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        state = PROTO_TO_STATE.get(request.state)
+        rows = await self.store.list(owner, state=state, before=before, limit=page_size + 1)
+        response = jobs_service_pb2.ListJobsResponse(
+            jobs=[self._proto(row) for row in rows[:page_size]]
+        )
+        if len(rows) > page_size:
+            response.next_page_token = _encode_page_token(rows[page_size - 1].id, request.state)
+        return response
+
+    @unary("CancelJob")
+    async def CancelJob(
+        self, request: jobs_service_pb2.CancelJobRequest, context: Context, owner: str
+    ) -> jobs_service_pb2.CancelJobResponse:
+        job_id = _job_id(request.job_id)
+        structlog.contextvars.bind_contextvars(job_id=str(job_id))
+        row, changed = await self.store.cancel(owner, job_id)
+        if row is None:
+            raise NotFoundError(f"job {job_id} not found")
+        if not changed:
+            raise FailedPreconditionError(
+                f"job {job_id} is already {row.state} and cannot be cancelled",
+                metadata={"state": str(row.state)},
+            )
+        job = self._proto(row)
+        if row.state == State.CANCELLED:
+            try:
+                await self.event_log.append(events.terminal(job))
+            except Exception as exc:  # noqa: BLE001 - the reconciler re-publishes terminals
+                log.warning("terminal_event_deferred", error=repr(exc))
+        return jobs_service_pb2.CancelJobResponse(job=job)
+
+
+def _encode_page_token(last_id: uuid.UUID, state: int) -> str:
+    payload = json.dumps({"before": str(last_id), "state": state}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def _decode_page_token(token: str, state: int) -> uuid.UUID | None:
+    """The id a page starts before, or None when the token is not ours or not for `state`."""
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if payload["state"] != state:
+            return None
+        return uuid.UUID(payload["before"])
+    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return None
