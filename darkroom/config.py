@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from datetime import timedelta
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 DEV_TOKEN = "darkroom-dev-token"  # noqa: S105 - documented development token, not a secret
 DEV_OWNER = "dev"
@@ -79,13 +80,18 @@ class Settings(BaseSettings):
 
 def load_settings(program: str) -> Settings:
     """Settings from the environment; a bad one ends the process naming its variable."""
+    lines = [f"{program}: invalid configuration"]
     try:
         return Settings()
     except ValidationError as exc:
-        lines = [f"{program}: invalid configuration"]
         for error in exc.errors():
             name = "_".join(str(part) for part in error["loc"]).upper()
             variable = f"DARKROOM_{name}" if name else "DARKROOM_*"
             lines.append(f"  {variable}: {error['msg']}")
-        print("\n".join(lines), file=sys.stderr)
-        raise SystemExit(2) from None
+    except SettingsError as exc:
+        # Raised when a value is not even parseable (bad JSON for a list or table).
+        match = re.search(r'field "(\w+)"', str(exc))
+        variable = f"DARKROOM_{match.group(1).upper()}" if match else "DARKROOM_*"
+        lines.append(f"  {variable}: cannot be parsed (lists and tables are JSON)")
+    print("\n".join(lines), file=sys.stderr)
+    raise SystemExit(2)

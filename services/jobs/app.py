@@ -26,6 +26,7 @@ class JobsApp:
     """A running Jobs service and the connections it owns."""
 
     running: RunningServer
+    servicer: JobsServicer
     engine: AsyncEngine
     redis: ArqRedis
 
@@ -37,6 +38,8 @@ class JobsApp:
         """Stop serving (gracefully), then release connections."""
         await self.running.stop(settings.shutdown_grace)
         await self.redis.aclose()
+        # The pool was handed to ArqRedis, so closing the client does not close it.
+        await self.redis.connection_pool.disconnect()
         await self.engine.dispose()
 
 
@@ -57,4 +60,4 @@ async def start(settings: Settings, address: str | None = None) -> JobsApp:
         return [SERVICE_NAME]
 
     running = await create_server(address or settings.jobs_address, register)
-    return JobsApp(running, engine, redis)
+    return JobsApp(running, servicer, engine, redis)

@@ -1,0 +1,51 @@
+# The one entry point. `make test` is what the README and CI run.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BUF := node_modules/.bin/buf
+PROTOS := $(wildcard protos/darkroom/v1/*.proto)
+# Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k submit"`.
+PYTEST_ARGS ?=
+
+.PHONY: help install generate lint test migrate jobs
+
+help:  ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed node_modules/.installed generate  ## Create .venv, install everything, generate code.
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[generator,dev]'
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --silent --no-audit --no-fund
+	touch $@
+
+generate: $(VENV)/.installed  ## Regenerate darkroom/v1 (Python + typing stubs) from protos/.
+	rm -rf darkroom/v1 && mkdir -p darkroom/v1 && touch darkroom/v1/__init__.py
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -Iprotos -Ithird_party/googleapis \
+	  --python_out=. --grpc_python_out=. --mypy_out=quiet:. --mypy_grpc_out=quiet:. $(PROTOS)
+
+lint: install  ## ruff, mypy --strict, buf lint, buf breaking against main.
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(BUF) lint
+	if git rev-parse -q --verify refs/heads/main >/dev/null; then $(BUF) breaking --against '.git#branch=main'; fi
+
+test: lint  ## Lint, then every test (starts throwaway Postgres/Redis when none is running).
+	rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests for: $(PYTEST_ARGS)"; [ -n "$(PYTEST_ARGS)" ]; \
+	else exit $$rc; fi
+
+migrate: install  ## Upgrade the database at DARKROOM_DATABASE_URL to the latest schema.
+	$(PY) -c 'from darkroom.config import load_settings; from darkroom.db import migrate; migrate(load_settings("migrate").database_url)'
+
+jobs: install  ## Run the Jobs service (settings from DARKROOM_* variables).
+	$(PY) -m services.jobs

@@ -1,0 +1,114 @@
+"""The job state machine holds in SQL: conditional updates and the transition trigger."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+import sqlalchemy.exc
+from sqlalchemy import func, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from darkroom.models import State
+from darkroom.store import JobStore
+from darkroom.validation import JobRequest
+
+
+async def _queued(store: JobStore) -> uuid.UUID:
+    request = JobRequest(
+        request_id=uuid.uuid4(),
+        request_hash="0" * 64,
+        prompt="state machine",
+        negative_prompt="",
+        width=64,
+        height=64,
+        steps=2,
+        guidance_scale=1.0,
+        seed=1,
+        num_images=1,
+        model="tiny-sd",
+        queue_timeout=timedelta(minutes=5),
+    )
+    row, created = await store.create("state-machine", request, max_attempts=2)
+    assert created
+    return row.id
+
+
+def _running(attempt: int) -> dict[str, object]:
+    return {
+        "state": State.RUNNING,
+        "attempt": attempt,
+        "worker_id": "w",
+        "lease_expires_at": func.now(),
+    }
+
+
+async def test_ids_are_time_sortable(store: JobStore) -> None:
+    ids = [await _queued(store) for _ in range(5)]
+    assert ids == sorted(ids)
+    assert all(job_id.version == 7 for job_id in ids)
+
+
+async def test_conditional_update_ignores_wrong_state_and_attempt(store: JobStore) -> None:
+    job_id = await _queued(store)
+    assert await store.transition(job_id, State.RUNNING, {"state": State.SUCCEEDED}) is None
+    assert await store.transition(job_id, State.QUEUED, _running(1), attempt=3) is None
+    claimed = await store.transition(job_id, State.QUEUED, _running(1), attempt=0)
+    assert claimed is not None
+    assert claimed.attempt == 1
+    # A duplicate claim of the same attempt changes nothing.
+    assert await store.transition(job_id, State.QUEUED, _running(1), attempt=0) is None
+    # A stale attempt cannot finish the job.
+    stale = await store.transition(job_id, State.RUNNING, {"state": State.SUCCEEDED}, attempt=0)
+    assert stale is None
+    done = await store.transition(job_id, State.RUNNING, {"state": State.SUCCEEDED}, attempt=1)
+    assert done is not None
+    assert done.state == State.SUCCEEDED
+
+
+@pytest.mark.parametrize(
+    ("path", "illegal"),
+    [
+        ([], State.SUCCEEDED),  # QUEUED -> SUCCEEDED skips running
+        ([State.RUNNING, State.SUCCEEDED], State.RUNNING),  # out of a terminal state
+        ([State.RUNNING, State.FAILED], State.QUEUED),
+        ([State.CANCELLED], State.QUEUED),
+    ],
+)
+async def test_trigger_rejects_illegal_transitions(
+    store: JobStore, engine: AsyncEngine, path: list[State], illegal: State
+) -> None:
+    job_id = await _queued(store)
+    async with engine.begin() as connection:
+        for state in path:
+            extra = ", attempt = 1, lease_expires_at = now()" if state == State.RUNNING else ""
+            await connection.execute(
+                text(f"UPDATE jobs SET state = :s{extra} WHERE id = :id"),  # noqa: S608 - fixed fragments
+                {"s": state.value, "id": job_id},
+            )
+    with pytest.raises(sqlalchemy.exc.IntegrityError, match="job"):
+        async with engine.begin() as connection:
+            await connection.execute(
+                text("UPDATE jobs SET state = :s WHERE id = :id"),
+                {"s": illegal.value, "id": job_id},
+            )
+
+
+async def test_terminal_rows_never_change(store: JobStore, engine: AsyncEngine) -> None:
+    job_id = await _queued(store)
+    assert await store.transition(job_id, State.QUEUED, {"state": State.CANCELLED}) is not None
+    with pytest.raises(sqlalchemy.exc.IntegrityError, match="can no longer change"):
+        async with engine.begin() as connection:
+            await connection.execute(
+                text("UPDATE jobs SET error_message = 'late' WHERE id = :id"), {"id": job_id}
+            )
+
+
+async def test_updates_refresh_updated_at(store: JobStore) -> None:
+    job_id = await _queued(store)
+    before = await store.get_any(job_id)
+    assert before is not None
+    after = await store.transition(job_id, State.QUEUED, {"progress_total": 3})
+    assert after is not None
+    assert after.updated_at > before.updated_at

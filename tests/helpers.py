@@ -1,0 +1,89 @@
+"""Test helpers: a caller with a token, and decoding of rich gRPC errors."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from darkroom.v1 import job_pb2, jobs_service_pb2, jobs_service_pb2_grpc
+
+RUN_ID = uuid.uuid4().hex[:12]
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass
+class Caller:
+    """Calls the Jobs service as the owner of `token`."""
+
+    stub: jobs_service_pb2_grpc.JobsServiceAsyncStub
+    token: str
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),)
+
+    async def submit(
+        self,
+        request_id: str | None = None,
+        queue_timeout: float | None = None,
+        **spec: Any,
+    ) -> jobs_service_pb2.SubmitJobResponse:
+        spec.setdefault("prompt", "a lighthouse at dusk")
+        request = jobs_service_pb2.SubmitJobRequest(
+            request_id=request_id or new_request_id(), spec=job_pb2.JobSpec(**spec)
+        )
+        if queue_timeout is not None:
+            request.queue_timeout.FromMilliseconds(int(queue_timeout * 1000))
+        return await self.stub.SubmitJob(request, metadata=self.metadata, timeout=10)
+
+    async def get(self, job_id: str) -> job_pb2.Job:
+        request = jobs_service_pb2.GetJobRequest(job_id=job_id)
+        response = await self.stub.GetJob(request, metadata=self.metadata, timeout=10)
+        return response.job
+
+    async def list(self, **fields: Any) -> jobs_service_pb2.ListJobsResponse:
+        request = jobs_service_pb2.ListJobsRequest(**fields)
+        return await self.stub.ListJobs(request, metadata=self.metadata, timeout=10)
+
+    async def cancel(self, job_id: str) -> job_pb2.Job:
+        request = jobs_service_pb2.CancelJobRequest(job_id=job_id)
+        response = await self.stub.CancelJob(request, metadata=self.metadata, timeout=10)
+        return response.job
+
+
+@dataclass
+class RichError:
+    """A gRPC error with its `google.rpc` details decoded."""
+
+    code: grpc.StatusCode
+    message: str
+    reason: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    violations: dict[str, str] = field(default_factory=dict)
+
+
+def rich_error(error: grpc.aio.AioRpcError) -> RichError:
+    """Decode the status details the server attached to `error`."""
+    status: status_pb2.Status | None = rpc_status.from_call(error)
+    decoded = RichError(error.code(), error.details() or "")
+    if status is None:
+        return decoded
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            decoded.reason = info.reason
+            decoded.metadata = dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            decoded.violations = {v.field: v.description for v in bad_request.field_violations}
+    return decoded
