@@ -10,7 +10,7 @@ PROTOS := $(wildcard protos/darkroom/v1/*.proto)
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k submit"`.
 PYTEST_ARGS ?=
 
-.PHONY: help install generate lint test migrate jobs
+.PHONY: help install generate lint test migrate jobs generator tiny-model
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,3 +49,11 @@ migrate: install  ## Upgrade the database at DARKROOM_DATABASE_URL to the latest
 
 jobs: install  ## Run the Jobs service (settings from DARKROOM_* variables).
 	$(PY) -m services.jobs
+
+generator: install tiny-model  ## Run one Generator (DARKROOM_GENERATOR_MODEL_PATH: folder or HF id).
+	$(PY) -m services.generator
+
+tiny-model: .darkroom/models/tiny-sd/model_index.json  ## Build the tiny random Stable Diffusion model.
+
+.darkroom/models/tiny-sd/model_index.json: services/generator/tiny_model.py | $(VENV)/.installed
+	$(PY) -m services.generator.tiny_model .darkroom/models/tiny-sd

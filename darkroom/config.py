@@ -5,12 +5,26 @@ from __future__ import annotations
 import re
 import sys
 from datetime import timedelta
+from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 DEV_TOKEN = "darkroom-dev-token"  # noqa: S105 - documented development token, not a secret
 DEV_OWNER = "dev"
+
+
+def _seconds(value: Any) -> Any:
+    """Durations are written in seconds ("0.25", "30"); ISO 8601 ("PT30S") works too."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+Seconds = Annotated[timedelta, BeforeValidator(_seconds)]
 
 
 class Settings(BaseSettings):
@@ -27,7 +41,7 @@ class Settings(BaseSettings):
 
     jobs_address: str = "[::]:50051"
     events_address: str = "[::]:50052"
-    shutdown_grace: timedelta = timedelta(seconds=10)
+    shutdown_grace: Seconds = timedelta(seconds=10)
 
     # Bearer token -> owner. The default holds only the development token: set your own
     # table (JSON) in production.
@@ -41,10 +55,34 @@ class Settings(BaseSettings):
     default_guidance_scale: float = 7.5
     pixel_budget: int = Field(default=4_194_304, ge=64 * 64)
     max_attempts: int = Field(default=3, ge=1, le=20)
-    queue_timeout: timedelta = timedelta(hours=1)
+    queue_timeout: Seconds = timedelta(hours=1)
     # A submit must not hang on a sick Redis: the row is committed first and the
     # reconciler enqueues whatever this gives up on.
-    enqueue_timeout: timedelta = timedelta(seconds=1)
+    enqueue_timeout: Seconds = timedelta(seconds=1)
+
+    # Where images go: a folder, file:///path, or gs://bucket[/prefix].
+    storage_url: str = ".darkroom/storage"
+    # A service-account key file for GCS; empty: application default credentials. URLs
+    # are signed only when the credentials hold a private key.
+    gcs_credentials_file: str = ""
+    gcs_project: str = ""
+    signed_url_ttl: Seconds = timedelta(hours=1)
+
+    # Generator (one process per GPU, serving one model).
+    generator_model: str = ""  # the model name it serves; default: the default model
+    generator_model_path: str = ".darkroom/models/tiny-sd"  # a folder or a Hugging Face id
+    generator_model_revision: str = ""  # a Hugging Face revision to pin
+    generator_device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    generator_dtype: str = Field(default="auto", pattern=r"^(auto|float32|float16|bfloat16)$")
+    worker_id: str = ""  # default: hostname and pid
+    # How often an idle worker looks for work: arq's 0.5 s default costs ~250 ms a pickup.
+    worker_poll_delay: Seconds = timedelta(milliseconds=5)
+    lease: Seconds = timedelta(seconds=15)
+    heartbeat_interval: Seconds = timedelta(seconds=5)
+    progress_rate: float = Field(default=10.0, gt=0)  # progress events per second, sustained
+    job_timeout: Seconds = timedelta(minutes=10)
+    retry_backoff: Seconds = timedelta(seconds=2)
+    retry_backoff_max: Seconds = timedelta(minutes=1)
 
     log_level: str = "INFO"
     # None: JSON when stderr is not a terminal.
@@ -61,10 +99,12 @@ class Settings(BaseSettings):
     def _default_model_allowed(self) -> Settings:
         if not self.models:
             raise ValueError("DARKROOM_MODELS must name at least one model")
-        if self.default_model and self.default_model not in self.models:
-            raise ValueError(
-                f"DARKROOM_DEFAULT_MODEL {self.default_model!r} is not in DARKROOM_MODELS"
-            )
+        for name in ("default_model", "generator_model"):
+            value = getattr(self, name)
+            if value and value not in self.models:
+                raise ValueError(f"DARKROOM_{name.upper()} {value!r} is not in DARKROOM_MODELS")
+        if self.heartbeat_interval >= self.lease:
+            raise ValueError("DARKROOM_HEARTBEAT_INTERVAL must be shorter than DARKROOM_LEASE")
         return self
 
     @property
@@ -73,9 +113,13 @@ class Settings(BaseSettings):
         return self.default_model or self.models[0]
 
     @property
-    def queue_name(self) -> str:
-        """The arq queue (a Redis sorted set) generators take work from."""
-        return f"{self.key_prefix}:queue"
+    def served_model(self) -> str:
+        """The model a generator process serves."""
+        return self.generator_model or self.model_default
+
+    def queue_for(self, model: str) -> str:
+        """The arq queue (a Redis sorted set) of one model: workers serve one model each."""
+        return f"{self.key_prefix}:queue:{model}"
 
 
 def load_settings(program: str) -> Settings:

@@ -36,6 +36,36 @@ def queued(job_id: uuid.UUID | str, attempt: int) -> JobEvent:
     return event
 
 
+def started(job_id: uuid.UUID | str, attempt: int, worker_id: str) -> JobEvent:
+    """A worker claimed the job."""
+    event = _event(job_id)
+    event.started.attempt = attempt
+    event.started.worker_id = worker_id
+    return event
+
+
+def progress(job_id: uuid.UUID | str, attempt: int, step: int, total_steps: int) -> JobEvent:
+    """The running attempt completed `step` of `total_steps` denoising steps."""
+    event = _event(job_id)
+    event.progress.attempt = attempt
+    event.progress.progress.step = step
+    event.progress.progress.total_steps = total_steps
+    return event
+
+
+def retrying(
+    job_id: uuid.UUID | str, attempt: int, code: int, reason: str, retry_time: datetime
+) -> JobEvent:
+    """Attempt `attempt` failed and the job went back to the queue."""
+    event = _event(job_id)
+    event.retrying.attempt = attempt
+    event.retrying.reason = reason
+    event.retrying.error.code = code
+    event.retrying.error.message = reason
+    event.retrying.retry_time.CopyFrom(timestamp(retry_time))
+    return event
+
+
 def terminal(job: job_pb2.Job) -> JobEvent:
     """The terminal event matching the final state of `job`."""
     event = _event(job.id)

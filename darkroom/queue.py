@@ -45,29 +45,33 @@ def connect(settings: Settings) -> ArqRedis:
         pool,
         job_serializer=serialize,
         job_deserializer=deserialize,
-        default_queue_name=settings.queue_name,
+        default_queue_name=settings.queue_for(settings.model_default),
     )
 
 
 class JobQueue:
     """Enqueues job attempts for generators."""
 
-    def __init__(self, redis: ArqRedis, key_prefix: str) -> None:
+    def __init__(self, redis: ArqRedis, settings: Settings) -> None:
         self._redis = redis
-        self._key_prefix = key_prefix
+        self._settings = settings
 
     def arq_job_id(self, job_id: uuid.UUID, attempt: int) -> str:
         """One arq id per attempt, so a finished attempt never blocks the next one."""
-        return f"{self._key_prefix}:{job_id}:{attempt}"
+        return f"{self._settings.key_prefix}:{job_id}:{attempt}"
 
     async def enqueue(
-        self, job_id: uuid.UUID, attempt: int, *, not_before: datetime | None = None
+        self, job_id: uuid.UUID, attempt: int, model: str, *, not_before: datetime | None = None
     ) -> None:
-        """Queue the attempt after `attempt` of a job. An id already queued counts as done."""
+        """Queue the attempt after `attempt` of a job on its model's queue.
+
+        An id that is already queued counts as done: arq answers None for it.
+        """
         await self._redis.enqueue_job(
             RUN_JOB,
             str(job_id),
             attempt,
             _job_id=self.arq_job_id(job_id, attempt),
+            _queue_name=self._settings.queue_for(model),
             _defer_until=not_before,
         )

@@ -88,7 +88,8 @@ async def redis_client(settings: Settings) -> AsyncIterator[redis.asyncio.Redis]
     """A plain Redis client; on teardown it deletes every key this run wrote."""
     client = redis.asyncio.Redis.from_url(settings.redis_url)
     yield client
-    for pattern in (f"{settings.key_prefix}:*", f"arq:*:{settings.key_prefix}:*"):
+    # Per-test prefixes extend the run's prefix, so one pattern covers them too.
+    for pattern in (f"{settings.key_prefix}*", f"arq:*:{settings.key_prefix}*"):
         async for key in client.scan_iter(match=pattern, count=1000):
             await client.delete(key)
     await client.aclose()

@@ -14,6 +14,7 @@ from darkroom.auth import Authenticator
 from darkroom.config import Settings
 from darkroom.events import EventLog
 from darkroom.server import RunningServer, create_server
+from darkroom.storage import open_storage
 from darkroom.store import JobStore
 from darkroom.v1 import jobs_service_pb2, jobs_service_pb2_grpc
 from services.jobs.servicer import JobsServicer
@@ -50,9 +51,15 @@ async def start(settings: Settings, address: str | None = None) -> JobsApp:
     servicer = JobsServicer(
         settings,
         store=JobStore(engine),
-        queue=queue.JobQueue(redis, settings.key_prefix),
+        queue=queue.JobQueue(redis, settings),
         event_log=EventLog(redis, settings.key_prefix),
         authenticator=Authenticator(settings.auth_tokens),
+        url_for=open_storage(
+            settings.storage_url,
+            credentials_file=settings.gcs_credentials_file,
+            project=settings.gcs_project,
+            signed_url_ttl=settings.signed_url_ttl,
+        ).url_for,
     )
 
     def register(server: grpc.aio.Server) -> Sequence[str]:

@@ -95,7 +95,7 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
         try:
             async with asyncio.timeout(timeout):
                 await self.event_log.append(events.queued(row.id, row.attempt))
-                await self.queue.enqueue(row.id, row.attempt)
+                await self.queue.enqueue(row.id, row.attempt, row.model)
         except Exception as exc:  # noqa: BLE001 - any Redis failure is left to the reconciler
             log.warning("enqueue_deferred", error=repr(exc))
 
@@ -133,7 +133,7 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
             raise InvalidArgumentError("the list request is invalid", violations)
         page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         state = PROTO_TO_STATE.get(request.state)
-        rows = await self.store.list(owner, state=state, before=before, limit=page_size + 1)
+        rows = await self.store.list_owned(owner, state=state, before=before, limit=page_size + 1)
         response = jobs_service_pb2.ListJobsResponse(
             jobs=[self._proto(row) for row in rows[:page_size]]
         )

@@ -54,7 +54,7 @@ async def test_submit_enqueues_only_the_job_id_and_attempt_as_json(
 ) -> None:
     job = (await alice.submit()).job
     arq_id = f"{settings.key_prefix}:{job.id}:0"
-    assert await redis_client.zscore(settings.queue_name, arq_id) is not None
+    assert await redis_client.zscore(settings.queue_for("tiny-sd"), arq_id) is not None
     message = json.loads(await redis_client.get(f"arq:job:{arq_id}"))
     assert message["f"] == "run_job"
     assert message["a"] == [job.id, 0]
@@ -165,7 +165,7 @@ async def test_invalid_spec_is_rejected_with_its_field_and_writes_nothing(
     field: str,
 ) -> None:
     before_rows = await row_count()
-    before_queue = await redis_client.zcard(settings.queue_name)
+    before_queue = await redis_client.zcard(settings.queue_for("tiny-sd"))
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await alice.submit(**spec)
     error = rich_error(raised.value)
@@ -173,7 +173,7 @@ async def test_invalid_spec_is_rejected_with_its_field_and_writes_nothing(
     assert error.reason == "INVALID_ARGUMENT"
     assert set(error.violations) == {field}, error.violations
     assert await row_count() == before_rows
-    assert await redis_client.zcard(settings.queue_name) == before_queue
+    assert await redis_client.zcard(settings.queue_for("tiny-sd")) == before_queue
 
 
 async def test_every_violation_is_reported_in_one_answer(

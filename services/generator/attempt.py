@@ -1,0 +1,342 @@
+"""One claimed attempt of one job: run the pipeline, report, store, finish with fencing."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import io
+import threading
+import time
+import uuid
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+import structlog
+from PIL import Image, PngImagePlugin
+
+from darkroom import events
+from darkroom.config import Settings
+from darkroom.convert import job_to_proto
+from darkroom.events import EventLog
+from darkroom.models import JobRow, State
+from darkroom.queue import JobQueue
+from darkroom.storage import ObjectExistsError, Storage, sha256_hex
+from darkroom.store import JobStore
+from services.generator.failures import Kind, PermanentError, classify
+from services.generator.pipeline import GenerationRequest, Pipeline, PipelineInterrupted
+
+log = structlog.get_logger("darkroom.generator")
+SEED_SPACE = 2**32
+
+
+class Stop(enum.Enum):
+    """Why an attempt was told to stop before it finished."""
+
+    CANCEL = "cancel"  # the owner cancelled the job
+    LOST = "lost"  # a newer attempt owns the job: publish nothing, write nothing
+    TIMEOUT = "timeout"  # the per-job execution timeout passed
+    SHUTDOWN = "shutdown"  # the worker is stopping: hand the job back at once
+
+
+class LeaseLostError(Exception):
+    """This attempt no longer holds the job."""
+
+
+@dataclass
+class Services:
+    """What a worker gives each attempt."""
+
+    settings: Settings
+    store: JobStore
+    storage: Storage
+    event_log: EventLog
+    queue: JobQueue
+    pipeline: Pipeline
+    executor: Executor
+    worker_id: str
+
+
+def png_bytes(image: Image.Image, row: JobRow, seed: int, pipeline: Pipeline) -> bytes:
+    """The image as PNG with text metadata; the same pixels always give the same bytes."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("darkroom:prompt_sha256", row.prompt_sha256)
+    info.add_text("darkroom:seed", str(seed))
+    info.add_text("darkroom:model", row.model)
+    info.add_text("darkroom:model_version", pipeline.model_version)
+    info.add_text("darkroom:steps", str(row.steps))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+class Attempt:
+    """The attempt `row.attempt` of job `row.id`, which this worker has just claimed."""
+
+    def __init__(self, services: Services, row: JobRow) -> None:
+        self.s = services
+        self.row = row
+        self.job_id: uuid.UUID = row.id
+        self.number: int = row.attempt
+        self.stop_reason: Stop | None = None
+        self._stop = threading.Event()
+        self._loop = asyncio.get_running_loop()
+        self._latest_step = 0
+        self._published_step = 0
+        self._total_steps = row.steps
+        self._stepped = asyncio.Event()
+        self._finished = False
+
+    # Called on the pipeline thread after every denoising step.
+    def on_step(self, step: int, total: int) -> bool:
+        self._loop.call_soon_threadsafe(self._record_step, step, total)
+        return not self._stop.is_set()
+
+    def _record_step(self, step: int, total: int) -> None:
+        self._latest_step, self._total_steps = step, total
+        self._stepped.set()
+
+    def request_stop(self, reason: Stop) -> None:
+        """Interrupt the pipeline at its next step (the first reason wins)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self._stop.set()
+
+    async def _publish(self, event: events.JobEvent) -> None:
+        try:
+            await self.s.event_log.append(event)
+        except Exception as exc:  # noqa: BLE001 - events are best effort; the row is the truth
+            log.warning("event_publish_failed", kind=event.WhichOneof("kind"), error=repr(exc))
+
+    async def _beat(self, step: int | None) -> None:
+        row = await self.s.store.heartbeat(self.job_id, self.number, self.s.settings.lease, step)
+        if row is None:
+            self.request_stop(Stop.LOST)
+        elif row.cancel_requested:
+            self.request_stop(Stop.CANCEL)
+
+    async def _publish_progress(self, budget: float = 1.0) -> int:
+        """Publish the steps not yet published: each one if `budget` covers them all, else
+        only the latest. Returns how many events went out."""
+        latest, first = self._latest_step, self._published_step + 1
+        if latest < first:
+            return 0
+        steps = range(first, latest + 1) if budget >= latest - first + 1 else [latest]
+        for step in steps:
+            await self._publish(events.progress(self.job_id, self.number, step, self._total_steps))
+        self._published_step = latest
+        return len(steps)
+
+    async def _monitor(self) -> None:
+        """Renew the lease, record and publish progress, and notice cancellation.
+
+        Progress goes out through a token bucket (`progress_rate` a second, as many in a
+        burst), so short jobs report every step and long fast ones are coalesced.
+        """
+        settings = self.s.settings
+        rate = settings.progress_rate
+        tokens, refilled = rate, time.monotonic()
+        while not self._finished:
+            try:
+                async with asyncio.timeout(settings.heartbeat_interval.total_seconds()):
+                    await self._stepped.wait()
+            except TimeoutError:
+                pass
+            self._stepped.clear()
+            if self._finished:
+                return
+            step = self._latest_step if self._latest_step > self._published_step else None
+            try:
+                await self._beat(step)
+            except Exception as exc:  # noqa: BLE001 - keep going; the lease says how long we may
+                log.warning("heartbeat_failed", error=repr(exc))
+                continue
+            if self.stop_reason is Stop.LOST:
+                return
+            if step is not None:
+                now = time.monotonic()
+                tokens = min(rate, tokens + (now - refilled) * rate)
+                refilled = now
+                tokens -= await self._publish_progress(tokens)
+                if tokens < 0:
+                    await asyncio.sleep(-tokens / rate)
+
+    def _request(self) -> GenerationRequest:
+        row = self.row
+        return GenerationRequest(
+            prompt=row.prompt,
+            negative_prompt=row.negative_prompt,
+            width=row.width,
+            height=row.height,
+            steps=row.steps,
+            guidance_scale=row.guidance_scale,
+            seeds=[(row.seed + index) % SEED_SPACE for index in range(row.num_images)],
+        )
+
+    async def _generate(self) -> list[Image.Image] | None:
+        """Run the pipeline on its thread; None when it was stopped early."""
+        future = self._loop.run_in_executor(
+            self.s.executor, self.s.pipeline.generate, self._request(), self.on_step
+        )
+        done, _ = await asyncio.wait({future}, timeout=self.s.settings.job_timeout.total_seconds())
+        if not done:
+            self.request_stop(Stop.TIMEOUT)
+        try:
+            # Never leave the thread running behind us: wait for it to stop at a step.
+            return await future
+        except PipelineInterrupted:
+            return None
+
+    async def run(self) -> None:
+        """Run the attempt to its end; every outcome is a row transition."""
+        await self._publish(events.started(self.job_id, self.number, self.s.worker_id))
+        monitor = asyncio.create_task(self._monitor())
+        try:
+            images = await self._generate()
+        except Exception as exc:  # noqa: BLE001 - classified below
+            await self._stop_monitor(monitor)
+            await self.fail(exc)
+            return
+        await self._stop_monitor(monitor)
+        if images is None or self.stop_reason is not None:
+            await self._stopped()
+            return
+        try:
+            await self._publish_progress()
+            outputs = await self._store(images)
+            finished = await self.s.store.succeed(
+                self.job_id,
+                self.number,
+                outputs,
+                self.s.pipeline.model_id,
+                self.s.pipeline.model_version,
+            )
+        except LeaseLostError:
+            finished = None
+        except Exception as exc:  # noqa: BLE001 - classified below
+            await self.fail(exc)
+            return
+        if finished is None:
+            log.warning("attempt_fenced", reason="a newer attempt owns the job")
+            return
+        log.info("attempt_succeeded", images=len(outputs))
+        await self._publish(events.terminal(job_to_proto(finished, self.s.storage.url_for)))
+
+    async def _stop_monitor(self, monitor: asyncio.Task[None]) -> None:
+        # Let it finish its current write rather than cancel a query halfway.
+        self._finished = True
+        self._stepped.set()
+        await monitor
+
+    async def _stopped(self) -> None:
+        reason = self.stop_reason
+        log.info("attempt_stopped", reason=reason.value if reason else None)
+        if reason is Stop.LOST:
+            return
+        if reason is Stop.CANCEL:
+            row = await self.s.store.end(self.job_id, self.number, State.CANCELLED)
+            if row is not None:
+                await self._publish(events.terminal(job_to_proto(row, self.s.storage.url_for)))
+        elif reason is Stop.TIMEOUT:
+            limit = self.s.settings.job_timeout.total_seconds()
+            await self.fail(
+                PermanentError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"the job did not finish within the execution timeout of {limit:g} s",
+                )
+            )
+        elif reason is Stop.SHUTDOWN:
+            await self._requeue(
+                grpc.StatusCode.UNAVAILABLE, "the worker shut down", timedelta(0), refund=True
+            )
+
+    async def _put(self, key: str, data: bytes) -> str:
+        storage = self.s.storage
+        try:
+            return await storage.create(key, data, "image/png")
+        except ObjectExistsError as exists:
+            # An earlier attempt got this far. The same bytes: keep its object. Other bytes
+            # (another device or library build): replace exactly that object, and only
+            # while this attempt still holds the job, so a zombie never overwrites.
+            if sha256_hex(await storage.read(exists.uri)) == sha256_hex(data):
+                return exists.uri
+            if (
+                await self.s.store.heartbeat(self.job_id, self.number, self.s.settings.lease)
+                is None
+            ):
+                raise LeaseLostError from None
+            return await storage.replace(key, data, "image/png", exists.generation)
+
+    async def _store(self, images: list[Image.Image]) -> list[dict[str, Any]]:
+        outputs = []
+        request = self._request()
+        for index, (image, seed) in enumerate(zip(images, request.seeds, strict=True)):
+            data = await asyncio.to_thread(png_bytes, image, self.row, seed, self.s.pipeline)
+            uri = await self._put(f"jobs/{self.job_id}/{index}.png", data)
+            outputs.append(
+                {
+                    "index": index,
+                    "uri": uri,
+                    "width": image.width,
+                    "height": image.height,
+                    "content_type": "image/png",
+                    "sha256": sha256_hex(data),
+                    "seed": seed,
+                }
+            )
+        return outputs
+
+    async def fail(self, exc: BaseException) -> None:
+        """Classify `exc`: FAILED at once, or back to the queue while attempts remain."""
+        failure = classify(exc)
+        log.warning(
+            "attempt_failed",
+            kind=failure.kind.value,
+            code=failure.code.name,
+            error=failure.message,
+            exc_info=failure.kind is Kind.UNKNOWN,
+        )
+        code = failure.code.value[0]
+        try:
+            if failure.kind is Kind.PERMANENT or self.number >= self.row.max_attempts:
+                row = await self.s.store.end(
+                    self.job_id, self.number, State.FAILED, code, failure.message
+                )
+                if row is not None:
+                    await self._publish(events.terminal(job_to_proto(row, self.s.storage.url_for)))
+                return
+            await self._requeue(failure.code, failure.message, self._backoff())
+        except Exception as handling:  # noqa: BLE001 - the reconciler takes over after the lease
+            log.error("failure_handling_failed", error=repr(handling))
+
+    def _backoff(self) -> timedelta:
+        settings = self.s.settings
+        delay: timedelta = settings.retry_backoff * 2 ** (self.number - 1)
+        return min(delay, settings.retry_backoff_max)
+
+    async def _requeue(
+        self, code: grpc.StatusCode, message: str, delay: timedelta, *, refund: bool = False
+    ) -> None:
+        row = await self.s.store.requeue(
+            self.job_id,
+            self.number,
+            code=code.value[0],
+            message=message,
+            delay=delay,
+            refund=refund,
+        )
+        if row is None:
+            return
+        if row.state == State.CANCELLED:
+            await self._publish(events.terminal(job_to_proto(row, self.s.storage.url_for)))
+            return
+        retry_time = datetime.now(UTC) + delay
+        await self._publish(
+            events.retrying(self.job_id, self.number, code.value[0], message, retry_time)
+        )
+        try:
+            await self.s.queue.enqueue(self.job_id, row.attempt, row.model, not_before=retry_time)
+        except Exception as exc:  # noqa: BLE001 - the reconciler enqueues QUEUED rows
+            log.warning("enqueue_deferred", error=repr(exc))

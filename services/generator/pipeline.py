@@ -1,0 +1,191 @@
+"""Text-to-image pipelines behind one small interface.
+
+`DiffusersPipeline` loads any diffusers text-to-image pipeline (a local folder or a Hugging
+Face id) once; `FakePipeline` (model path `fake:`) paints flat colours at a set pace for
+fault-injection tests. Both are called on one dedicated thread: torch runs fastest when
+load, warm-up and generation all happen on the same thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import parse_qs, urlsplit
+
+from PIL import Image
+
+# (completed step, total steps) -> whether to go on.
+StepCallback = Callable[[int, int], bool]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What one attempt generates: one image per seed."""
+
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    seeds: list[int]
+
+
+class PipelineInterrupted(Exception):
+    """The pipeline stopped early because the step callback said so."""
+
+
+class Pipeline(Protocol):
+    """A loaded model that turns a request into images."""
+
+    model_id: str
+    model_version: str
+
+    def generate(self, request: GenerationRequest, on_step: StepCallback) -> list[Image.Image]:
+        """Generate (blocking). Raises `PipelineInterrupted` when `on_step` returned False."""
+
+
+def _weights_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix in {".safetensors", ".bin", ".json", ".txt"}:
+            digest.update(str(path.relative_to(folder)).encode())
+            with path.open("rb") as file:
+                while chunk := file.read(1 << 20):
+                    digest.update(chunk)
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def _hub_revision(model_id: str, revision: str) -> str:
+    """The commit of a Hugging Face model in the local cache, or the pinned revision."""
+    from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415
+
+    cached = try_to_load_from_cache(model_id, "model_index.json", revision=revision or None)
+    if isinstance(cached, str):
+        return Path(cached).parent.name
+    return revision or "unknown"
+
+
+class DiffusersPipeline:
+    """A diffusers text-to-image pipeline on one device."""
+
+    def __init__(self, pipe: Any, model_id: str, model_version: str) -> None:
+        self._pipe = pipe
+        self.model_id = model_id
+        self.model_version = model_version
+
+    @classmethod
+    def load(
+        cls, model: str, *, revision: str = "", device: str = "auto", dtype: str = "auto"
+    ) -> DiffusersPipeline:
+        """Load `model` (a folder or a Hugging Face id) onto `device`."""
+        import torch  # noqa: PLC0415 - only generator processes pay for torch
+        from diffusers import AutoPipelineForText2Image  # noqa: PLC0415
+        from diffusers.utils import logging as diffusers_logging  # noqa: PLC0415
+        from transformers.utils import logging as transformers_logging  # noqa: PLC0415
+
+        diffusers_logging.set_verbosity_error()
+        transformers_logging.set_verbosity_error()
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if dtype == "auto":
+            dtype = "float16" if device.startswith("cuda") else "float32"
+        folder = Path(model)
+        local = folder.is_dir()
+        pipe = AutoPipelineForText2Image.from_pretrained(
+            str(folder) if local else model,
+            dtype=getattr(torch, dtype),
+            revision=None if local else (revision or None),
+            local_files_only=local,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        pipe.to(device)
+        version = _weights_digest(folder) if local else _hub_revision(model, revision)
+        return cls(pipe, str(folder.resolve()) if local else model, version)
+
+    def generate(self, request: GenerationRequest, on_step: StepCallback) -> list[Image.Image]:
+        import torch  # noqa: PLC0415
+
+        interrupted = False
+
+        def callback(
+            pipe: Any, step_index: int, timestep: Any, kwargs: dict[str, Any]
+        ) -> dict[str, Any]:
+            nonlocal interrupted
+            total = int(getattr(pipe, "num_timesteps", request.steps) or request.steps)
+            if not on_step(step_index + 1, total):
+                interrupted = True
+                pipe._interrupt = True  # diffusers documents this to stop early
+            return kwargs
+
+        # One CPU generator per image: seeds reproduce on any device.
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds]
+        result = self._pipe(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt or None,
+            width=request.width,
+            height=request.height,
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance_scale,
+            num_images_per_prompt=len(request.seeds),
+            generator=generators,
+            callback_on_step_end=callback,
+            output_type="pil",
+        )
+        if interrupted:
+            raise PipelineInterrupted("the pipeline was interrupted")
+        images: list[Image.Image] = result.images
+        return images
+
+
+class FakePipeline:
+    """Flat-colour images at a set pace: `fake:?step_ms=20&fail=boom` for fault tests.
+
+    `fail=raise` raises on every run (a poison job); `fail=exit` ends the whole process
+    (a job that kills its worker); `fail=hang` stops calling back (no heartbeats).
+    """
+
+    def __init__(self, step_seconds: float, fail: str = "") -> None:
+        self.model_id = "fake"
+        self.model_version = f"fake-{step_seconds:g}s"
+        self._step_seconds = step_seconds
+        self._fail = fail
+
+    @classmethod
+    def from_url(cls, url: str) -> FakePipeline:
+        query = parse_qs(urlsplit(url).query)
+        return cls(float(query.get("step_ms", ["10"])[0]) / 1000, query.get("fail", [""])[0])
+
+    def generate(self, request: GenerationRequest, on_step: StepCallback) -> list[Image.Image]:
+        for step in range(1, request.steps + 1):
+            time.sleep(self._step_seconds)
+            if self._fail == "raise":
+                raise RuntimeError("the fake pipeline was told to fail")
+            if self._fail == "exit":
+                import os  # noqa: PLC0415
+
+                os._exit(70)
+            if self._fail == "hang":
+                time.sleep(3600)
+            if not on_step(step, request.steps):
+                raise PipelineInterrupted("the pipeline was interrupted")
+        return [
+            Image.new("RGB", (request.width, request.height), _colour(request.prompt, seed))
+            for seed in request.seeds
+        ]
+
+
+def _colour(prompt: str, seed: int) -> tuple[int, int, int]:
+    digest = hashlib.sha256(f"{prompt}:{seed}".encode()).digest()
+    return digest[0], digest[1], digest[2]
+
+
+def load(model: str, *, revision: str = "", device: str = "auto", dtype: str = "auto") -> Pipeline:
+    """The pipeline for a model path: `fake:…`, a folder, or a Hugging Face id."""
+    if model.startswith("fake:"):
+        return FakePipeline.from_url(model)
+    return DiffusersPipeline.load(model, revision=revision, device=device, dtype=dtype)

@@ -1,0 +1,185 @@
+"""The Generator process: an arq worker that runs one job at a time on one device."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import grpc
+import structlog
+from arq.connections import ArqRedis
+from arq.worker import Worker, func
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from darkroom import db, events, queue
+from darkroom.config import Settings
+from darkroom.convert import job_to_proto
+from darkroom.events import EventLog
+from darkroom.storage import open_storage
+from darkroom.store import JobStore
+from services.generator import pipeline as pipelines
+from services.generator.attempt import Attempt, Services, Stop
+
+log = structlog.get_logger("darkroom.generator")
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class Runner:
+    """Turns queue messages into attempts, and hands the current one back on shutdown."""
+
+    services: Services
+    current: Attempt | None = None
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    async def handle(self, job_id_text: str, queued_attempt: int) -> None:
+        """Claim and run the attempt after `queued_attempt`; stale messages change nothing."""
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(job_id=job_id_text)
+        try:
+            job_id = uuid.UUID(job_id_text)
+        except ValueError:
+            log.error("message_malformed", attempt=queued_attempt)
+            return
+        s = self.services
+        row = await s.store.claim(job_id, queued_attempt, s.worker_id, s.settings.lease)
+        if row is None:
+            await self._not_claimed(job_id, queued_attempt)
+            return
+        structlog.contextvars.bind_contextvars(attempt=row.attempt)
+        log.info("attempt_started", worker_id=s.worker_id)
+        self.current = Attempt(s, row)
+        self.idle.clear()
+        try:
+            await self.current.run()
+        finally:
+            self.current = None
+            self.idle.set()
+
+    async def _not_claimed(self, job_id: uuid.UUID, queued_attempt: int) -> None:
+        """A duplicate, late or expired delivery: maybe expire the job, otherwise nothing."""
+        s = self.services
+        expired = await s.store.expire(
+            job_id,
+            grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
+            "the job was not started before its deadline",
+        )
+        if expired is not None:
+            log.info("job_expired")
+            await s.event_log.append(events.terminal(job_to_proto(expired, s.storage.url_for)))
+            return
+        log.info("delivery_ignored", queued_attempt=queued_attempt)
+
+    async def drain(self, grace: timedelta) -> None:
+        """Let the current attempt finish within `grace`, else hand it back to the queue."""
+        try:
+            await asyncio.wait_for(self.idle.wait(), grace.total_seconds())
+        except TimeoutError:
+            if self.current is not None:
+                self.current.request_stop(Stop.SHUTDOWN)
+            await self.idle.wait()
+
+
+async def run_job(ctx: dict[str, Any], job_id: str, queued_attempt: int) -> None:
+    """The arq task: carries only a job id and the attempt count it was queued at."""
+    runner: Runner = ctx["runner"]
+    await runner.handle(job_id, queued_attempt)
+
+
+@dataclass
+class Generator:
+    """A running generator: its arq worker and what it must close."""
+
+    worker: Worker
+    runner: Runner
+    engine: AsyncEngine
+    redis: ArqRedis
+    executor: ThreadPoolExecutor
+    task: asyncio.Task[Any] | None = None
+
+    async def stop(self, grace: timedelta) -> None:
+        """Stop taking jobs, drain the current one, and close everything."""
+        self.worker.allow_pick_jobs = False
+        await self.runner.drain(grace)
+        await self.worker.close()
+        if self.task is not None:
+            await asyncio.gather(self.task, return_exceptions=True)
+        await self.redis.aclose()
+        await self.redis.connection_pool.disconnect()
+        await self.engine.dispose()
+        self.executor.shutdown(wait=True)
+
+
+async def start(settings: Settings, pipeline: pipelines.Pipeline | None = None) -> Generator:
+    """Load the model (unless given one), connect, and start taking jobs."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
+    loop = asyncio.get_running_loop()
+    if pipeline is None:
+        pipeline = await loop.run_in_executor(
+            executor,
+            lambda: pipelines.load(
+                settings.generator_model_path,
+                revision=settings.generator_model_revision,
+                device=settings.generator_device,
+                dtype=settings.generator_dtype,
+            ),
+        )
+    engine = db.create_engine(settings.database_url, pool_size=2)
+    redis = queue.connect(settings)
+    storage = open_storage(
+        settings.storage_url,
+        credentials_file=settings.gcs_credentials_file,
+        project=settings.gcs_project,
+        signed_url_ttl=settings.signed_url_ttl,
+    )
+    services = Services(
+        settings=settings,
+        store=JobStore(engine),
+        storage=storage,
+        event_log=EventLog(redis, settings.key_prefix),
+        queue=queue.JobQueue(redis, settings),
+        pipeline=pipeline,
+        executor=executor,
+        worker_id=settings.worker_id or default_worker_id(),
+    )
+    runner = Runner(services)
+    # arq only delivers: our code decides every outcome, so its retries, results and
+    # timeout are switched off (the timeout is a backstop far beyond ours).
+    worker = Worker(
+        functions=[func(run_job, name=queue.RUN_JOB)],
+        queue_name=settings.queue_for(settings.served_model),
+        redis_pool=redis,
+        handle_signals=False,
+        max_jobs=1,
+        job_timeout=int((settings.job_timeout + settings.lease * 4).total_seconds()) + 60,
+        keep_result=0,
+        poll_delay=settings.worker_poll_delay.total_seconds(),
+        max_tries=1_000_000,
+        retry_jobs=False,
+        ctx={"runner": runner},
+        job_serializer=queue.serialize,
+        job_deserializer=queue.deserialize,
+        log_results=False,
+    )
+    generator = Generator(worker, runner, engine, redis, executor)
+    generator.task = asyncio.create_task(worker.async_run())
+    log.info(
+        "generator_started",
+        worker_id=services.worker_id,
+        model=settings.served_model,
+        model_id=pipeline.model_id,
+        model_version=pipeline.model_version,
+    )
+    return generator

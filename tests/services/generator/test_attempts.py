@@ -1,0 +1,260 @@
+"""Cancellation, fencing, duplicates, failures and shutdown of generator attempts."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.api_core import exceptions as google_errors
+from sqlalchemy import update
+
+from darkroom.models import JobRow, State
+from darkroom.storage import LocalStorage
+from darkroom.v1 import job_pb2
+from services.generator.attempt import Attempt
+from services.generator.pipeline import FakePipeline
+from tests.services.generator.conftest import StackFactory
+
+RUNNING = {job_pb2.JOB_STATE_RUNNING}
+
+
+def _files(root: Path, job_id: str) -> list[Path]:
+    folder = root / "jobs" / job_id
+    return sorted(folder.iterdir()) if folder.exists() else []
+
+
+async def test_cancel_stops_a_running_job_at_its_next_step(make_stack: StackFactory) -> None:
+    stack = await make_stack()
+    job = (await stack.caller.submit(width=64, height=64, steps=150)).job
+    await stack.wait_for_event(job.id, "progress")
+    await stack.caller.cancel(job.id)
+    final = await stack.wait(job.id)
+    assert final.state == job_pb2.JOB_STATE_CANCELLED
+    assert final.progress.step < 150
+    assert not final.outputs
+    assert _files(stack.storage_root, job.id) == []
+    kinds = [event.WhichOneof("kind") for event in await stack.events(job.id)]
+    assert kinds[-1] == "cancelled"
+    assert "succeeded" not in kinds
+
+
+async def test_duplicate_delivery_changes_nothing(make_stack: StackFactory) -> None:
+    stack = await make_stack()
+    job = await stack.wait((await stack.caller.submit(width=64, height=64, steps=2)).job.id)
+    before = await stack.store.get_any(uuid.UUID(job.id))
+    events_before = await stack.events(job.id)
+    # The same message again, through the queue and straight into the worker.
+    await stack.jobs.servicer.queue.enqueue(uuid.UUID(job.id), 0, "tiny-sd")
+    await stack.generator.runner.handle(job.id, 0)
+    await asyncio.sleep(0.3)
+    after = await stack.store.get_any(uuid.UUID(job.id))
+    assert before is not None
+    assert after is not None
+    assert (after.state, after.attempt, after.updated_at) == (
+        before.state,
+        before.attempt,
+        before.updated_at,
+    )
+    assert len(await stack.events(job.id)) == len(events_before)
+
+
+async def test_a_stale_attempt_cannot_finish_or_publish(make_stack: StackFactory) -> None:
+    stack = await make_stack()
+    # Submitted for a model no worker serves here, so only this test moves it.
+    job = (await stack.caller.submit(model="other-model", width=64, height=64, steps=3)).job
+    job_id = uuid.UUID(job.id)
+    stale = await stack.store.claim(job_id, 0, "zombie", timedelta(seconds=30))
+    assert stale is not None
+    # The zombie's lease is taken over: requeued, then claimed by a live worker.
+    assert (
+        await stack.store.requeue(job_id, 1, code=14, message="worker lost", delay=timedelta(0))
+    ) is not None
+    assert await stack.store.claim(job_id, 1, "live-worker", timedelta(seconds=30)) is not None
+    events_before = len(await stack.events(job.id))
+    await Attempt(stack.generator.runner.services, stale).run()
+    row = await stack.store.get_any(job_id)
+    assert row is not None
+    assert (row.state, row.attempt, row.worker_id) == (State.RUNNING, 2, "live-worker")
+    assert row.outputs == []
+    assert _files(stack.storage_root, job.id) == []
+    kinds = [e.WhichOneof("kind") for e in (await stack.events(job.id))[events_before:]]
+    assert not {"succeeded", "failed", "cancelled"} & set(kinds)
+
+
+async def test_a_permanent_error_fails_at_once(make_stack: StackFactory) -> None:
+    stack = await make_stack()
+    job = (await stack.caller.submit(model="other-model", width=64, height=64, steps=2)).job
+    # Sizes the API refuses, written straight into the row: the model itself rejects them.
+    async with stack.store._sessions.begin() as session:  # test setup
+        await session.execute(
+            update(JobRow).where(JobRow.id == uuid.UUID(job.id)).values(width=100, model="tiny-sd")
+        )
+    # Delivered straight to the worker: the queued message sits on other-model's queue.
+    await stack.generator.runner.handle(job.id, 0)
+    final = await stack.wait(job.id)
+    assert final.state == job_pb2.JOB_STATE_FAILED
+    assert final.attempt == 1
+    assert final.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "invalid parameters for this model" in final.error.message
+    assert (await stack.events(job.id))[-1].WhichOneof("kind") == "failed"
+
+
+class FlakyStorage(LocalStorage):
+    """Local storage whose first `failures` uploads answer like a GCS 503."""
+
+    def __init__(self, root: Path, failures: int) -> None:
+        super().__init__(root)
+        self.failures = failures
+
+    async def create(self, key: str, data: bytes, content_type: str) -> str:
+        if self.failures > 0:
+            self.failures -= 1
+            raise google_errors.ServiceUnavailable("storage is having a moment")
+        return await super().create(key, data, content_type)
+
+
+async def test_a_transient_error_is_retried_then_succeeds(make_stack: StackFactory) -> None:
+    stack = await make_stack()
+    services = stack.generator.runner.services
+    services.storage = FlakyStorage(stack.storage_root, failures=1)
+    job = await stack.wait((await stack.caller.submit(width=64, height=64, steps=2)).job.id)
+    assert job.state == job_pb2.JOB_STATE_SUCCEEDED
+    assert job.attempt == 2
+    kinds = [event.WhichOneof("kind") for event in await stack.events(job.id)]
+    assert kinds.count("started") == 2
+    retrying = next(e.retrying for e in await stack.events(job.id) if e.HasField("retrying"))
+    assert retrying.attempt == 1
+    assert retrying.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+
+
+class FailsAfterFirstImage(LocalStorage):
+    """Stores image 0, then fails image 1 once: an attempt that died halfway through."""
+
+    failed = False
+
+    async def create(self, key: str, data: bytes, content_type: str) -> str:
+        if key.endswith("/1.png") and not self.failed:
+            self.failed = True
+            raise google_errors.ServiceUnavailable("died halfway")
+        return await super().create(key, data, content_type)
+
+
+async def test_a_later_attempt_keeps_identical_objects_of_an_earlier_one(
+    make_stack: StackFactory,
+) -> None:
+    stack = await make_stack()
+    storage = FailsAfterFirstImage(stack.storage_root)
+    stack.generator.runner.services.storage = storage
+    spec: dict[str, Any] = {"width": 64, "height": 64, "steps": 2, "num_images": 2, "seed": 99}
+    job = await stack.wait((await stack.caller.submit(**spec)).job.id)
+    assert job.state == job_pb2.JOB_STATE_SUCCEEDED
+    assert job.attempt == 2
+    assert storage.failed
+    for output in job.outputs:
+        path = stack.storage_root / "jobs" / job.id / f"{output.index}.png"
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == output.sha256
+
+
+async def test_foreign_bytes_at_an_output_key_are_replaced_by_the_holder(
+    make_stack: StackFactory,
+) -> None:
+    stack = await make_stack()
+    job = (await stack.caller.submit(model="other-model", width=64, height=64, steps=1)).job
+    stray = stack.storage_root / "jobs" / job.id / "0.png"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"left by an attempt on another machine")
+    async with stack.store._sessions.begin() as session:  # test setup
+        await session.execute(
+            update(JobRow).where(JobRow.id == uuid.UUID(job.id)).values(model="tiny-sd")
+        )
+    await stack.generator.runner.handle(job.id, 0)
+    final = await stack.wait(job.id)
+    assert final.state == job_pb2.JOB_STATE_SUCCEEDED
+    data = stray.read_bytes()
+    assert data.startswith(b"\x89PNG")
+    assert hashlib.sha256(data).hexdigest() == final.outputs[0].sha256
+
+
+async def test_transient_errors_fail_the_job_after_max_attempts(make_stack: StackFactory) -> None:
+    stack = await make_stack(max_attempts=2)
+    stack.generator.runner.services.storage = FlakyStorage(stack.storage_root, failures=10)
+    job = await stack.wait((await stack.caller.submit(width=64, height=64, steps=1)).job.id)
+    assert job.state == job_pb2.JOB_STATE_FAILED
+    assert job.attempt == job.max_attempts == 2
+    assert job.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+
+
+async def test_execution_timeout_fails_with_deadline_exceeded(make_stack: StackFactory) -> None:
+    stack = await make_stack(job_timeout=timedelta(milliseconds=300))
+    job = await stack.wait((await stack.caller.submit(width=64, height=64, steps=150)).job.id)
+    assert job.state == job_pb2.JOB_STATE_FAILED
+    assert job.attempt == 1
+    assert job.error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    assert not job.outputs
+
+
+async def test_expired_queued_job_fails_instead_of_running(make_stack: StackFactory) -> None:
+    stack = await make_stack()
+    job = (await stack.caller.submit(model="other-model", width=64, height=64, steps=1)).job
+    async with stack.store._sessions.begin() as session:  # test setup
+        await session.execute(
+            update(JobRow)
+            .where(JobRow.id == uuid.UUID(job.id))
+            .values(model="tiny-sd", deadline=JobRow.created_at)
+        )
+    await stack.generator.runner.handle(job.id, 0)
+    final = await stack.wait(job.id)
+    assert final.state == job_pb2.JOB_STATE_FAILED
+    assert final.attempt == 0
+    assert final.error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+
+
+async def test_shutdown_hands_a_running_job_back_at_once(make_stack: StackFactory) -> None:
+    slow = FakePipeline(step_seconds=0.05)
+    first = await make_stack(pipeline=slow, shutdown_grace=timedelta(milliseconds=100))
+    job = (await first.caller.submit(width=64, height=64, steps=100)).job
+    await first.wait_for_event(job.id, "progress")
+    await first.generator.stop(timedelta(milliseconds=100))
+    requeued = await first.caller.get(job.id)
+    assert requeued.state == job_pb2.JOB_STATE_QUEUED
+    assert requeued.attempt == 1
+    # The platform interrupted it: the attempt is refunded.
+    assert requeued.max_attempts == first.settings.max_attempts + 1
+    assert (await first.events(job.id))[-1].WhichOneof("kind") == "retrying"
+    # Another worker on the same queue picks it up without waiting for a lease.
+    fast: Any = FakePipeline(step_seconds=0.001)
+    await make_stack(pipeline=fast, key_prefix=first.settings.key_prefix)
+    final = await first.wait(job.id)
+    assert final.state == job_pb2.JOB_STATE_SUCCEEDED
+    assert final.attempt == 2
+
+
+async def test_progress_is_coalesced_for_fast_steps(make_stack: StackFactory) -> None:
+    stack = await make_stack(pipeline=FakePipeline(step_seconds=0.002), progress_rate=10.0)
+    started = asyncio.get_running_loop().time()
+    job = await stack.wait((await stack.caller.submit(width=64, height=64, steps=150)).job.id)
+    elapsed = asyncio.get_running_loop().time() - started
+    progress = [e for e in await stack.events(job.id) if e.HasField("progress")]
+    steps = [e.progress.progress.step for e in progress]
+    assert job.state == job_pb2.JOB_STATE_SUCCEEDED
+    assert steps == sorted(steps)
+    assert steps[-1] == 150
+    # A burst of 10, then 10 a second: far fewer than 150 events.
+    assert len(progress) <= 10 + 10 * elapsed + 2
+    assert len(progress) < 150
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+async def test_every_step_is_reported_for_short_jobs(make_stack: StackFactory, steps: int) -> None:
+    stack = await make_stack()
+    job = await stack.wait((await stack.caller.submit(width=64, height=64, steps=steps)).job.id)
+    progress = [
+        e.progress.progress.step for e in await stack.events(job.id) if e.HasField("progress")
+    ]
+    assert progress == list(range(1, steps + 1))
