@@ -113,6 +113,12 @@ class Generator:
         """Stop taking jobs, drain the current one, and close everything."""
         self.worker.allow_pick_jobs = False
         await self.runner.drain(grace)
+        # A poll that was under way may still start a job, and arq finishes its own
+        # bookkeeping after ours: wait for every arq task, so close() cancels none.
+        while pending := [task for task in self.worker.tasks.values() if not task.done()]:
+            await asyncio.wait(pending, timeout=0.05)
+            if not self.runner.idle.is_set():
+                await self.runner.drain(timedelta(0))
         await self.worker.close()
         if self.task is not None:
             await asyncio.gather(self.task, return_exceptions=True)
