@@ -10,7 +10,7 @@ PROTOS := $(wildcard protos/darkroom/v1/*.proto)
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k submit"`.
 PYTEST_ARGS ?=
 
-.PHONY: help install generate lint test migrate jobs generator tiny-model
+.PHONY: help install generate lint test migrate jobs events generator tiny-model
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ migrate: install  ## Upgrade the database at DARKROOM_DATABASE_URL to the latest
 
 jobs: install  ## Run the Jobs service (settings from DARKROOM_* variables).
 	$(PY) -m services.jobs
+
+events: install  ## Run the Events service.
+	$(PY) -m services.events
 
 generator: install tiny-model  ## Run one Generator (DARKROOM_GENERATOR_MODEL_PATH: folder or HF id).
 	$(PY) -m services.generator

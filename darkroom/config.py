@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     retry_backoff: Seconds = timedelta(seconds=2)
     retry_backoff_max: Seconds = timedelta(minutes=1)
 
+    # Events service: how a watcher follows the job row when its event log is gone, and
+    # how long a silent watch waits before it re-reads the row.
+    watch_row_poll: Seconds = timedelta(seconds=1)
+    watch_idle_check: Seconds = timedelta(seconds=30)
+
     log_level: str = "INFO"
     # None: JSON when stderr is not a terminal.
     log_json: bool | None = None

@@ -25,6 +25,15 @@ def stream_key(prefix: str, job_id: uuid.UUID | str) -> str:
     return f"{prefix}:job:{job_id}:events"
 
 
+def notify_channel(prefix: str) -> str:
+    """The pub/sub channel that carries the id of every job that has a new event.
+
+    Events services subscribe once per process and then read only the streams of the jobs
+    they watch, so the cost of an event does not grow with the number of watchers.
+    """
+    return f"{prefix}:events"
+
+
 def _event(job_id: uuid.UUID | str) -> JobEvent:
     return JobEvent(job_id=str(job_id), time=timestamp(datetime.now(UTC)))
 
@@ -111,5 +120,6 @@ class EventLog:
                 approximate=True,
             )
             pipe.expire(key, ttl)
-            entry_id, _ = await pipe.execute()
+            pipe.publish(notify_channel(self._prefix), event.job_id)
+            entry_id, *_ = await pipe.execute()
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)

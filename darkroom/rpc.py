@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -67,6 +68,54 @@ def unary(method: str) -> Callable[[Handler[RequestT, ResponseT]], Wrapped[Reque
             log.info("rpc", code=error.code.name, reason=error.reason, duration_ms=elapsed_ms)
             await abort(context, error)
             raise AssertionError("abort returned")  # pragma: no cover - abort always raises
+
+        return wrapper
+
+    return decorate
+
+
+StreamHandler = Callable[
+    [Any, RequestT, grpc.aio.ServicerContext[Any, Any], str], AsyncIterator[ResponseT]
+]
+StreamWrapped = Callable[
+    [Any, RequestT, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[ResponseT]
+]
+
+
+def server_stream(
+    method: str,
+) -> Callable[[StreamHandler[RequestT, ResponseT]], StreamWrapped[RequestT, ResponseT]]:
+    """Wrap a server-streaming handler `(self, request, context, owner)`: authenticate,
+    map errors to statuses, and log one line when the stream ends."""
+
+    def decorate(handler: StreamHandler[RequestT, ResponseT]) -> StreamWrapped[RequestT, ResponseT]:
+        @functools.wraps(handler)
+        async def wrapper(
+            self: Servicer, request: RequestT, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[ResponseT]:
+            structlog.contextvars.clear_contextvars()
+            structlog.contextvars.bind_contextvars(method=method)
+            started = time.perf_counter()
+            sent = 0
+            error: DarkroomError | None = None
+            outcome = "OK"
+            try:
+                owner = self.authenticator.owner_for(context.invocation_metadata())
+                structlog.contextvars.bind_contextvars(owner=owner)
+                async for response in handler(self, request, context, owner):
+                    yield response
+                    sent += 1
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a status below
+                error = to_error(exc, method)
+                outcome = error.code.name
+            except asyncio.CancelledError:
+                outcome = "CANCELLED"
+                raise
+            finally:
+                elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
+                log.info("rpc", code=outcome, messages=sent, duration_ms=elapsed_ms)
+            if error is not None:
+                await abort(context, error)
 
         return wrapper
 

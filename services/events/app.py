@@ -1,0 +1,96 @@
+"""Wiring of the Events service: engine, Redis (a fixed, small pool), notifier, server."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+import redis.asyncio
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from darkroom import db, events
+from darkroom.auth import Authenticator
+from darkroom.config import Settings
+from darkroom.server import RunningServer, create_server
+from darkroom.storage import open_storage
+from darkroom.store import JobStore
+from darkroom.v1 import events_service_pb2, events_service_pb2_grpc
+from services.events.notifier import Notifier
+from services.events.servicer import EventsServicer
+from services.events.watch import Watch, WatchSettings
+
+SERVICE_NAME = events_service_pb2.DESCRIPTOR.services_by_name["EventsService"].full_name
+# Stream reads share this many connections, whatever the number of watchers; the
+# notifier holds one more: four in all.
+READ_CONNECTIONS = 3
+
+
+def _client(settings: Settings, connections: int) -> redis.asyncio.Redis:
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=connections,
+        timeout=None,
+        socket_connect_timeout=2,
+        health_check_interval=30,
+        client_name=f"darkroom-events-{os.getpid()}",
+    )
+    return redis.asyncio.Redis(connection_pool=pool)
+
+
+@dataclass
+class EventsApp:
+    """A running Events service and the connections it owns."""
+
+    running: RunningServer
+    notifier: Notifier
+    engine: AsyncEngine
+    readers: redis.asyncio.Redis
+    listener: redis.asyncio.Redis
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    async def close(self, settings: Settings) -> None:
+        """End every open stream with UNAVAILABLE, stop serving, release connections."""
+        await self.running.health.enter_graceful_shutdown()
+        await self.notifier.close()
+        await self.running.server.stop(settings.shutdown_grace.total_seconds())
+        for client in (self.readers, self.listener):
+            await client.aclose()
+            await client.connection_pool.disconnect()
+        await self.engine.dispose()
+
+
+async def start(settings: Settings, address: str | None = None) -> EventsApp:
+    """Start the Events service on `address` (default: `settings.events_address`)."""
+    engine = db.create_engine(settings.database_url, settings.database_pool_size)
+    readers = _client(settings, READ_CONNECTIONS)
+    listener = _client(settings, 1)
+    notifier = Notifier(listener, readers, events.notify_channel(settings.key_prefix))
+    await notifier.start()
+    watch = Watch(
+        store=JobStore(engine),
+        redis=readers,
+        notifier=notifier,
+        key_prefix=settings.key_prefix,
+        settings=WatchSettings(
+            row_poll=settings.watch_row_poll, idle_check=settings.watch_idle_check
+        ),
+        url_for=open_storage(
+            settings.storage_url,
+            credentials_file=settings.gcs_credentials_file,
+            project=settings.gcs_project,
+            signed_url_ttl=settings.signed_url_ttl,
+        ).url_for,
+    )
+    servicer = EventsServicer(watch, Authenticator(settings.auth_tokens))
+
+    def register(server: grpc.aio.Server) -> Sequence[str]:
+        events_service_pb2_grpc.add_EventsServiceServicer_to_server(servicer, server)
+        return [SERVICE_NAME]
+
+    running = await create_server(address or settings.events_address, register)
+    return EventsApp(running, notifier, engine, readers, listener)

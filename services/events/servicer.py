@@ -1,0 +1,43 @@
+"""`darkroom.v1.EventsService`: resumable WatchJob streams."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import structlog
+
+from darkroom.auth import Authenticator
+from darkroom.errors import InvalidArgumentError
+from darkroom.rpc import server_stream
+from darkroom.v1 import events_service_pb2, events_service_pb2_grpc
+from darkroom.validation import parse_uuid
+from services.events.watch import Watch, parse_after
+
+
+class EventsServicer(events_service_pb2_grpc.EventsServiceServicer):
+    """Handlers of the EventsService RPCs, scoped to the authenticated owner."""
+
+    def __init__(self, watch: Watch, authenticator: Authenticator) -> None:
+        self.watch = watch
+        self.authenticator = authenticator
+
+    @server_stream("WatchJob")
+    async def WatchJob(
+        self,
+        request: events_service_pb2.WatchJobRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+        owner: str,
+    ) -> AsyncIterator[events_service_pb2.WatchJobResponse]:
+        job_id, violations = parse_uuid("job_id", request.job_id)
+        try:
+            after = parse_after(request.after_event_id)
+        except InvalidArgumentError as error:
+            violations += error.violations
+            after = ""
+        if job_id is None or violations:
+            raise InvalidArgumentError("the watch request is invalid", violations)
+        structlog.contextvars.bind_contextvars(job_id=str(job_id))
+        async for event in self.watch.events(owner, job_id, after):
+            yield events_service_pb2.WatchJobResponse(event=event)

@@ -1,0 +1,249 @@
+"""One WatchJob stream: a snapshot when needed, the logged events in order, then live ones.
+
+The job's Redis stream is the watcher's buffer: a watcher reads at most `BATCH` entries at
+a time, as fast as its client takes them, so a slow client holds no more than one batch in
+memory, and the progress events in a backlog collapse to the latest one (latest wins). A
+watcher holds no connection of its own: it sleeps on an in-process event until the
+notifier wakes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import Enum
+
+import redis.asyncio
+import redis.exceptions
+import structlog
+
+from darkroom import events
+from darkroom.convert import job_to_proto
+from darkroom.errors import FieldViolation, InvalidArgumentError, NotFoundError, UnavailableError
+from darkroom.events import EVENT_FIELD, TERMINAL_KINDS, JobEvent
+from darkroom.models import JobRow, State
+from darkroom.store import JobStore
+from services.events.notifier import Notifier
+
+log = structlog.get_logger("darkroom.events")
+
+BATCH = 100
+# A watcher this many events behind is a slow reader: its progress events collapse.
+BACKLOG = 16
+EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+START = "0-0"
+
+
+class Log(Enum):
+    """What reading the stream after the cursor found."""
+
+    OK = "ok"  # entries after the cursor, with nothing lost before them
+    GAP = "gap"  # the cursor is no longer in the stream: entries may have been trimmed
+    GONE = "gone"  # no stream at all (expired, or Redis lost its data)
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    """How watchers behave when the log cannot be trusted."""
+
+    row_poll: timedelta = timedelta(seconds=1)  # following the row while the log is gone
+    idle_check: timedelta = timedelta(seconds=30)  # re-read the row after this long in silence
+
+
+def parse_after(value: str) -> str:
+    """Validate a resume token."""
+    if value and not EVENT_ID.match(value):
+        raise InvalidArgumentError(
+            "the resume token is invalid",
+            [FieldViolation("after_event_id", "must be an event id such as 1718000000000-0")],
+        )
+    return value
+
+
+def _id(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def coalesce(entries: list[tuple[str, JobEvent]]) -> list[tuple[str, JobEvent]]:
+    """For a reader more than `BACKLOG` events behind, drop the progress events that a
+    later progress event in the same batch supersedes; others get every event."""
+    if len(entries) <= BACKLOG:
+        return entries
+    last_progress = max(
+        (i for i, (_, event) in enumerate(entries) if event.WhichOneof("kind") == "progress"),
+        default=-1,
+    )
+    return [
+        (event_id, event)
+        for i, (event_id, event) in enumerate(entries)
+        if event.WhichOneof("kind") != "progress" or i == last_progress
+    ]
+
+
+class Watch:
+    """Streams one job's events to one client."""
+
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        redis: redis.asyncio.Redis,
+        notifier: Notifier,
+        key_prefix: str,
+        settings: WatchSettings,
+        url_for: Callable[[str], str] | None = None,
+    ) -> None:
+        self._store = store
+        self._redis = redis
+        self._notifier = notifier
+        self._prefix = key_prefix
+        self._settings = settings
+        self._url_for = url_for
+
+    def _snapshot(self, row: JobRow, event_id: str) -> JobEvent:
+        event = JobEvent(job_id=str(row.id), event_id=event_id)
+        event.time.GetCurrentTime()
+        event.snapshot.job.CopyFrom(job_to_proto(row, self._url_for))
+        return event
+
+    async def _last(self, key: str) -> tuple[str, bool]:
+        """The id of the last logged event ("" without a log), and whether it is terminal."""
+        entries = await self._redis.xrevrange(key, count=1)
+        if not entries:
+            return "", False
+        entry_id, fields = entries[0]
+        kind = JobEvent.FromString(fields[EVENT_FIELD]).WhichOneof("kind")
+        return _id(entry_id), kind in TERMINAL_KINDS
+
+    async def _last_id(self, key: str) -> str:
+        return (await self._last(key))[0]
+
+    async def _read(self, key: str, cursor: str) -> tuple[Log, list[tuple[str, JobEvent]]]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.exists(key)
+            pipe.xrange(key, cursor, cursor)
+            pipe.xrange(key, f"({cursor}" if cursor != START else "-", "+", count=BATCH)
+            exists, at_cursor, after = await pipe.execute()
+        if not exists:
+            return Log.GONE, []
+        if cursor != START and not at_cursor:
+            return Log.GAP, []
+        return Log.OK, [
+            (_id(entry_id), JobEvent.FromString(fields[EVENT_FIELD])) for entry_id, fields in after
+        ]
+
+    async def _sleep(self, wake: asyncio.Event, limit: timedelta) -> bool:
+        """Wait for news; False when `limit` passed in silence."""
+        woken = True
+        try:
+            async with asyncio.timeout(limit.total_seconds()):
+                await wake.wait()
+        except TimeoutError:
+            woken = False
+        wake.clear()
+        if self._notifier.closing:
+            raise UnavailableError("the events server is shutting down: resume elsewhere")
+        return woken
+
+    async def _row(self, owner: str, job_id: uuid.UUID) -> JobRow:
+        row = await self._store.get(owner, job_id)
+        if row is None:
+            raise NotFoundError(f"job {job_id} not found")
+        return row
+
+    async def events(self, owner: str, job_id: uuid.UUID, after: str) -> AsyncIterator[JobEvent]:
+        """The events of `owner`'s job `job_id` after `after`, ending with its terminal."""
+        key = events.stream_key(self._prefix, job_id)
+        # Listen before the first read, so nothing published in between is missed.
+        wake = self._notifier.register(str(job_id))
+        try:
+            last, logged_terminal = await self._last(key)
+            row = await self._row(owner, job_id)
+            if State(row.state).terminal and not (after and logged_terminal):
+                # A finished job whose log cannot replay what follows `after`.
+                yield self._snapshot(row, last)
+                return
+            cursor = after
+            seen: tuple[object, ...] = ()
+            if not after:
+                yield self._snapshot(row, last)
+                cursor, seen = last or START, _summary(row)
+            async for event in self._follow(
+                owner=owner, job_id=job_id, key=key, cursor=cursor, wake=wake, seen=seen
+            ):
+                yield event
+        finally:
+            self._notifier.unregister(str(job_id), wake)
+
+    async def _follow(
+        self,
+        *,
+        owner: str,
+        job_id: uuid.UUID,
+        key: str,
+        cursor: str,
+        wake: asyncio.Event,
+        seen: tuple[object, ...],
+    ) -> AsyncIterator[JobEvent]:
+        while True:
+            try:
+                status, entries = await self._read(key, cursor)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                log.warning("event_log_unreachable", error=repr(exc))
+                status, entries = Log.GONE, []
+            if status is not Log.OK:
+                row, snapshot, cursor = await self._resync(owner, job_id, key, status, seen)
+                if snapshot is not None:
+                    seen = _summary(row)
+                    yield snapshot
+                if State(row.state).terminal:
+                    return
+                if status is Log.GONE:
+                    await self._sleep(wake, self._settings.row_poll)
+                continue
+            for event_id, event in coalesce(entries):
+                event.event_id = event_id
+                yield event
+                if event.WhichOneof("kind") in TERMINAL_KINDS:
+                    return
+            if entries:
+                cursor = entries[-1][0]
+            if len(entries) == BATCH or _take(wake):
+                continue
+            if not await self._sleep(wake, self._settings.idle_check):
+                # A long silence: make sure the job did not end without its event.
+                row = await self._row(owner, job_id)
+                if State(row.state).terminal:
+                    yield self._snapshot(row, cursor if cursor != START else "")
+                    return
+
+    async def _resync(
+        self, owner: str, job_id: uuid.UUID, key: str, status: Log, seen: tuple[object, ...]
+    ) -> tuple[JobRow, JobEvent | None, str]:
+        """After a gap, or while the log is gone: a snapshot from the row, and a new cursor.
+
+        While the log is gone the watcher follows the row, and a snapshot goes out only
+        when the row changed since the last one.
+        """
+        row = await self._row(owner, job_id)
+        if status is Log.GAP:
+            last = await self._last_id(key)
+            return row, self._snapshot(row, last), last or START
+        changed = _summary(row) != seen
+        return row, self._snapshot(row, "") if changed else None, START
+
+
+def _summary(row: JobRow) -> tuple[object, ...]:
+    return (row.state, row.attempt, row.progress_step, row.cancel_requested)
+
+
+def _take(wake: asyncio.Event) -> bool:
+    """Whether news arrived while we were busy (and consume it)."""
+    if wake.is_set():
+        wake.clear()
+        return True
+    return False
