@@ -84,10 +84,22 @@ class Settings(BaseSettings):
     retry_backoff: Seconds = timedelta(seconds=2)
     retry_backoff_max: Seconds = timedelta(minutes=1)
 
+    # Reconciler: how often it runs, how long a QUEUED job may sit with its message taken
+    # but unclaimed before the message is deemed lost, and how far back it checks that
+    # finished jobs have their terminal event.
+    reconcile_interval: Seconds = timedelta(seconds=5)
+    reconcile_stale_message: Seconds = timedelta(seconds=15)
+    reconcile_terminal_window: Seconds = timedelta(minutes=10)
+    reconcile_batch: int = Field(default=500, ge=1, le=100_000)
+
     # Events service: how a watcher follows the job row when its event log is gone, and
     # how long a silent watch waits before it re-reads the row.
     watch_row_poll: Seconds = timedelta(seconds=1)
     watch_idle_check: Seconds = timedelta(seconds=30)
+
+    # Test-only: a generator that reaches this point of an attempt ends its process at
+    # once ("after_upload", "after_commit"), so fault tests can kill it exactly there.
+    fault_point: str = Field(default="", pattern=r"^(|after_upload|after_commit)$")
 
     log_level: str = "INFO"
     # None: JSON when stderr is not a terminal.
@@ -116,6 +128,11 @@ class Settings(BaseSettings):
     def model_default(self) -> str:
         """The model a job gets when it names none."""
         return self.default_model or self.models[0]
+
+    def retry_delay(self, attempt: int) -> timedelta:
+        """Backoff before the attempt after `attempt`: doubling, capped."""
+        delay: timedelta = self.retry_backoff * 2 ** max(attempt - 1, 0)
+        return min(delay, self.retry_backoff_max)
 
     @property
     def served_model(self) -> str:

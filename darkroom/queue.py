@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from redis.asyncio import ConnectionPool
 
 from darkroom.config import Settings
@@ -75,3 +76,30 @@ class JobQueue:
             _queue_name=self._settings.queue_for(model),
             _defer_until=not_before,
         )
+
+    async def message_state(self, job_id: uuid.UUID, attempt: int, model: str) -> str:
+        """Where the message for this attempt stands: "waiting" in the queue, "taken" by a
+        worker (in progress), or "missing" (Redis lost it, or the enqueue never happened)."""
+        arq_id = self.arq_job_id(job_id, attempt)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zscore(self._settings.queue_for(model), arq_id)
+            pipe.exists(in_progress_key_prefix + arq_id)
+            score, in_progress = await pipe.execute()
+        if score is None:
+            return "missing"
+        return "taken" if in_progress else "waiting"
+
+    async def reset(self, job_id: uuid.UUID, attempt: int, model: str) -> None:
+        """Forget arq's state for this attempt's message, so it can be enqueued again.
+
+        For a message whose worker died before claiming the job: arq would otherwise keep
+        it "in progress" until its timeout passed. A second delivery is harmless: only one
+        claim can win.
+        """
+        arq_id = self.arq_job_id(job_id, attempt)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self._settings.queue_for(model), arq_id)
+            pipe.delete(
+                job_key_prefix + arq_id, in_progress_key_prefix + arq_id, retry_key_prefix + arq_id
+            )
+            await pipe.execute()

@@ -231,8 +231,11 @@ class JobStore:
         state: State,
         code: int | None = None,
         message: str | None = None,
+        *,
+        lease_expired: bool = False,
     ) -> JobRow | None:
-        """RUNNING -> FAILED or CANCELLED for this attempt."""
+        """RUNNING -> FAILED or CANCELLED for this attempt (only once its lease expired,
+        when the reconciler asks)."""
         return await self.transition(
             job_id,
             State.RUNNING,
@@ -244,6 +247,7 @@ class JobStore:
                 "error_message": message,
             },
             attempt=attempt,
+            where=[JobRow.lease_expires_at < func.now()] if lease_expired else (),
         )
 
     async def requeue(
@@ -255,6 +259,7 @@ class JobStore:
         message: str,
         delay: timedelta,
         refund: bool = False,
+        lease_expired: bool = False,
     ) -> JobRow | None:
         """RUNNING -> QUEUED after this attempt ended without a result.
 
@@ -275,7 +280,13 @@ class JobStore:
         }
         if refund:
             values["max_attempts"] = JobRow.max_attempts + 1
-        return await self.transition(job_id, State.RUNNING, values, attempt=attempt)
+        return await self.transition(
+            job_id,
+            State.RUNNING,
+            values,
+            attempt=attempt,
+            where=[JobRow.lease_expires_at < func.now()] if lease_expired else (),
+        )
 
     async def expire(self, job_id: uuid.UUID, code: int, message: str) -> JobRow | None:
         """QUEUED -> FAILED for a job that did not start before its deadline."""
@@ -290,3 +301,56 @@ class JobStore:
             },
             where=[JobRow.deadline <= func.now()],
         )
+
+    # Reconciler scans: each returns a bounded batch; every change after it is conditional.
+
+    async def expired_leases(self, limit: int) -> list[JobRow]:
+        """RUNNING jobs whose lease ran out (by the database clock)."""
+        query = (
+            select(JobRow)
+            .where(JobRow.state == State.RUNNING, JobRow.lease_expires_at < func.now())
+            .order_by(JobRow.lease_expires_at)
+            .limit(limit)
+        )
+        async with self._sessions() as session:
+            return list(await session.scalars(query))
+
+    async def queued_since(self, age: timedelta, limit: int) -> list[JobRow]:
+        """QUEUED jobs, ready to run, unchanged for at least `age` (oldest first)."""
+        query = (
+            select(JobRow)
+            .where(
+                JobRow.state == State.QUEUED,
+                JobRow.run_after <= func.now(),
+                JobRow.updated_at <= func.now() - age,
+            )
+            .order_by(JobRow.run_after)
+            .limit(limit)
+        )
+        async with self._sessions() as session:
+            return list(await session.scalars(query))
+
+    async def past_deadline(self, limit: int) -> list[JobRow]:
+        """QUEUED jobs whose deadline passed."""
+        query = (
+            select(JobRow)
+            .where(JobRow.state == State.QUEUED, JobRow.deadline <= func.now())
+            .order_by(JobRow.deadline)
+            .limit(limit)
+        )
+        async with self._sessions() as session:
+            return list(await session.scalars(query))
+
+    async def ended_since(self, window: timedelta, limit: int) -> list[JobRow]:
+        """Jobs that reached a terminal state within `window`."""
+        query = (
+            select(JobRow)
+            .where(
+                JobRow.state.in_([State.SUCCEEDED, State.FAILED, State.CANCELLED]),
+                JobRow.completed_at >= func.now() - window,
+            )
+            .order_by(JobRow.completed_at.desc())
+            .limit(limit)
+        )
+        async with self._sessions() as session:
+            return list(await session.scalars(query))

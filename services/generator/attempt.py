@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import io
+import os
 import threading
 import time
 import uuid
@@ -206,6 +207,7 @@ class Attempt:
         try:
             await self._publish_progress()
             outputs = await self._store(images)
+            self._fault("after_upload")
             finished = await self.s.store.succeed(
                 self.job_id,
                 self.number,
@@ -213,6 +215,8 @@ class Attempt:
                 self.s.pipeline.model_id,
                 self.s.pipeline.model_version,
             )
+            if finished is not None:
+                self._fault("after_commit")
         except LeaseLostError:
             finished = None
         except Exception as exc:  # noqa: BLE001 - classified below
@@ -312,9 +316,12 @@ class Attempt:
             log.error("failure_handling_failed", error=repr(handling))
 
     def _backoff(self) -> timedelta:
-        settings = self.s.settings
-        delay: timedelta = settings.retry_backoff * 2 ** (self.number - 1)
-        return min(delay, settings.retry_backoff_max)
+        return self.s.settings.retry_delay(self.number)
+
+    def _fault(self, point: str) -> None:
+        if self.s.settings.fault_point == point:
+            log.warning("fault_injected", point=point)
+            os._exit(137)
 
     async def _requeue(
         self, code: grpc.StatusCode, message: str, delay: timedelta, *, refund: bool = False
