@@ -46,6 +46,10 @@ class LeaseLostError(Exception):
     """This attempt no longer holds the job."""
 
 
+class PipelineWedgedError(Exception):
+    """The pipeline thread did not stop after the execution timeout."""
+
+
 @dataclass
 class Services:
     """What a worker gives each attempt."""
@@ -184,8 +188,11 @@ class Attempt:
         done, _ = await asyncio.wait({future}, timeout=self.s.settings.job_timeout.total_seconds())
         if not done:
             self.request_stop(Stop.TIMEOUT)
+            # It stops at its next step; one that takes longer than a lease never will.
+            done, _ = await asyncio.wait({future}, timeout=self.s.settings.lease.total_seconds())
+            if not done:
+                raise PipelineWedgedError
         try:
-            # Never leave the thread running behind us: wait for it to stop at a step.
             return await future
         except PipelineInterrupted:
             return None
@@ -196,6 +203,10 @@ class Attempt:
         monitor = asyncio.create_task(self._monitor())
         try:
             images = await self._generate()
+        except PipelineWedgedError:
+            await self._stop_monitor(monitor)
+            await self._wedged()
+            return
         except Exception as exc:  # noqa: BLE001 - classified below
             await self._stop_monitor(monitor)
             await self.fail(exc)
@@ -227,6 +238,19 @@ class Attempt:
             return
         log.info("attempt_succeeded", images=len(outputs))
         await self._publish(events.terminal(job_to_proto(finished, self.s.storage.url_for)))
+
+    async def _wedged(self) -> None:
+        """Fail the job, then end the process: its only pipeline thread is stuck for good,
+        so this worker can run nothing else; its supervisor starts a fresh one."""
+        limit = self.s.settings.job_timeout.total_seconds()
+        await self.fail(
+            PermanentError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the job did not finish within the execution timeout of {limit:g} s",
+            )
+        )
+        log.error("pipeline_wedged", action="exiting")
+        os._exit(70)
 
     async def _stop_monitor(self, monitor: asyncio.Task[None]) -> None:
         # Let it finish its current write rather than cancel a query halfway.

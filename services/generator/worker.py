@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import grpc
+import redis.exceptions
 import structlog
 from arq.connections import ArqRedis
 from arq.worker import Worker, func
@@ -128,6 +129,18 @@ class Generator:
         self.executor.shutdown(wait=True)
 
 
+async def _keep_polling(worker: Worker) -> None:
+    """Run arq's poll loop, and start it again when Redis goes away and comes back: the
+    rows are the truth, and the reconciler re-enqueues whatever Redis lost meanwhile."""
+    while True:
+        try:
+            await worker.async_run()
+            return
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            log.warning("queue_unreachable", error=repr(exc))
+            await asyncio.sleep(1)
+
+
 async def start(settings: Settings, pipeline: pipelines.Pipeline | None = None) -> Generator:
     """Load the model (unless given one), connect, and start taking jobs."""
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
@@ -180,7 +193,7 @@ async def start(settings: Settings, pipeline: pipelines.Pipeline | None = None) 
         log_results=False,
     )
     generator = Generator(worker, runner, engine, redis, executor)
-    generator.task = asyncio.create_task(worker.async_run())
+    generator.task = asyncio.create_task(_keep_polling(worker))
     log.info(
         "generator_started",
         worker_id=services.worker_id,
