@@ -10,7 +10,7 @@ PROTOS := $(wildcard protos/darkroom/v1/*.proto)
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k submit"`.
 PYTEST_ARGS ?=
 
-.PHONY: help install generate lint test migrate jobs events generator reconciler tiny-model chaos
+.PHONY: help install generate lint test demo up down migrate jobs events generator reconciler tiny-model chaos
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,6 +43,15 @@ test: lint  ## Lint, then every test (starts throwaway Postgres/Redis when none 
 	rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests for: $(PYTEST_ARGS)"; [ -n "$(PYTEST_ARGS)" ]; \
 	else exit $$rc; fi
+
+demo: $(VENV)/.installed generate  ## Prompt in, progress bar, PNG out: the whole stack, then stop it.
+	$(PY) -m services.stack demo
+
+up: $(VENV)/.installed generate  ## Start the stack in the background (Jobs :50051, Events :50052).
+	$(PY) -m services.stack up
+
+down:  ## Stop what `make up` started.
+	$(PY) -m services.stack down
 
 migrate: install  ## Upgrade the database at DARKROOM_DATABASE_URL to the latest schema.
 	$(PY) -c 'from darkroom.config import load_settings; from darkroom.db import migrate; migrate(load_settings("migrate").database_url)'

@@ -75,7 +75,8 @@ def start() -> dict[str, object]:
     admin_url, own_postgres = servers.postgres(HOME)
     redis_url, own_redis = servers.redis(HOME)
     _say(
-        f"Postgres {'started' if own_postgres else 'found'}, Redis {'started' if own_redis else 'found'}"
+        f"Postgres {'started' if own_postgres else 'found'}, "
+        f"Redis {'started' if own_redis else 'found'}"
     )
     database_url = servers.database(admin_url)
     migrate(database_url)
