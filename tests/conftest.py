@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import timedelta
 
 import grpc
 import psycopg
@@ -17,6 +18,8 @@ from darkroom import db, devservers
 from darkroom.config import DEV_OWNER, DEV_TOKEN, Settings
 from darkroom.store import JobStore
 from darkroom.v1 import jobs_service_pb2_grpc
+from services.events.app import EventsApp
+from services.events.app import start as start_events
 from services.jobs.app import JobsApp, start
 from tests.helpers import RUN_ID, Caller
 
@@ -112,6 +115,15 @@ async def jobs_app(settings: Settings, redis_client: redis.asyncio.Redis) -> Asy
     app = await start(settings, "127.0.0.1:0")
     yield app
     await app.close(settings)
+
+
+@pytest.fixture(scope="session")
+async def events_app(
+    settings: Settings, redis_client: redis.asyncio.Redis
+) -> AsyncIterator[EventsApp]:
+    app = await start_events(settings, "127.0.0.1:0")
+    yield app
+    await app.close(settings.model_copy(update={"shutdown_grace": timedelta(seconds=1)}))
 
 
 @pytest.fixture(scope="session")

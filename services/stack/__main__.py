@@ -25,7 +25,8 @@ from services.stack import servers
 
 HOME = Path(os.environ.get("DARKROOM_STACK_HOME", ".darkroom")).resolve()
 STATE = HOME / "stack.json"
-JOBS_PORT, EVENTS_PORT = 50051, 50052
+JOBS_PORT = int(os.environ.get("DARKROOM_STACK_JOBS_PORT", "50051"))
+EVENTS_PORT = int(os.environ.get("DARKROOM_STACK_EVENTS_PORT", "50052"))
 PROCESSES = {
     "jobs": "services.jobs",
     "events": "services.events",

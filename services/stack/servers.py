@@ -18,10 +18,13 @@ import psycopg
 
 from darkroom import devservers
 
-LOCAL_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+# Where to look for running servers first (tests point these elsewhere).
+LOCAL_POSTGRES = os.environ.get(
+    "DARKROOM_STACK_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+LOCAL_REDIS = os.environ.get("DARKROOM_STACK_REDIS_URL", "redis://127.0.0.1:6379/0")
 OWN_REDIS_PORT = 6390
-DATABASE = "darkroom_local"
+DATABASE = os.environ.get("DARKROOM_STACK_DATABASE", "darkroom_local")
 
 
 def postgres(home: Path) -> tuple[str, bool]:

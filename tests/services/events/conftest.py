@@ -19,17 +19,10 @@ from darkroom.models import State
 from darkroom.queue import connect
 from darkroom.store import JobStore
 from darkroom.v1 import events_service_pb2, events_service_pb2_grpc
-from services.events.app import EventsApp, start
+from services.events.app import EventsApp
 from tests.helpers import Caller
 
 JobEvent = events_service_pb2.JobEvent
-
-
-@pytest.fixture(scope="session")
-async def events_app(settings: Settings, redis_client: Any) -> AsyncIterator[EventsApp]:
-    app = await start(settings, "127.0.0.1:0")
-    yield app
-    await app.close(settings.model_copy(update={"shutdown_grace": timedelta(seconds=1)}))
 
 
 @pytest.fixture(scope="session")

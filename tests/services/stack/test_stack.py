@@ -1,0 +1,85 @@
+"""`make up` / `make down`: the stack starts, serves a job end to end, and leaves nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+
+from darkroom import devservers
+from darkroom.config import Settings
+from darkroom.v1 import job_pb2, jobs_service_pb2, jobs_service_pb2_grpc
+from tests.conftest import drop_database
+from tests.helpers import RUN_ID
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return not (status.exists() and "\nState:\tZ" in status.read_text())
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_up_serves_a_job_and_down_leaves_no_process(
+    tmp_path: Path, postgres_admin_url: str, settings: Settings
+) -> None:
+    jobs_port, events_port = devservers.free_port(), devservers.free_port()
+    database = f"darkroom_stack_{RUN_ID}"
+    env = {
+        **os.environ,
+        "DARKROOM_STACK_HOME": str(tmp_path),
+        "DARKROOM_STACK_POSTGRES_URL": postgres_admin_url,
+        "DARKROOM_STACK_REDIS_URL": settings.redis_url,
+        "DARKROOM_STACK_DATABASE": database,
+        "DARKROOM_STACK_JOBS_PORT": str(jobs_port),
+        "DARKROOM_STACK_EVENTS_PORT": str(events_port),
+        "DARKROOM_KEY_PREFIX": f"{settings.key_prefix}-stack",
+        "DARKROOM_GENERATOR_MODEL_PATH": "fake:?step_ms=5",
+    }
+    command = [sys.executable, "-m", "services.stack"]
+    try:
+        subprocess.run([*command, "up"], env=env, check=True, timeout=120)
+        state = json.loads((tmp_path / "stack.json").read_text())
+        pids = [int(pid) for pid in state["pids"].values()]
+        assert len(pids) == 4
+        assert all(_alive(pid) for pid in pids)
+        with grpc.insecure_channel(f"127.0.0.1:{jobs_port}") as channel:
+            stub = jobs_service_pb2_grpc.JobsServiceStub(channel)
+            auth = (("authorization", "Bearer darkroom-dev-token"),)
+            job = stub.SubmitJob(
+                jobs_service_pb2.SubmitJobRequest(
+                    request_id=str(uuid.uuid4()),
+                    spec=job_pb2.JobSpec(prompt="stack", width=64, height=64, steps=2),
+                ),
+                metadata=auth,
+                timeout=10,
+            ).job
+            deadline = time.monotonic() + 60
+            while job.state != job_pb2.JOB_STATE_SUCCEEDED and time.monotonic() < deadline:
+                time.sleep(0.1)
+                job = stub.GetJob(
+                    jobs_service_pb2.GetJobRequest(job_id=job.id), metadata=auth, timeout=10
+                ).job
+        assert job.state == job_pb2.JOB_STATE_SUCCEEDED
+        assert Path(job.outputs[0].uri.removeprefix("file://")).is_file()
+    finally:
+        subprocess.run([*command, "down"], env=env, check=True, timeout=120)
+        drop_database(postgres_admin_url, database)
+    assert not (tmp_path / "stack.json").exists()
+    assert not any(_alive(pid) for pid in pids)
+    assert not _port_open(jobs_port)
+    assert not _port_open(events_port)
