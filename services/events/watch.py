@@ -138,6 +138,9 @@ class Watch:
 
     async def _sleep(self, wake: asyncio.Event, limit: timedelta) -> bool:
         """Wait for news; False when `limit` passed in silence."""
+        # Checked before waiting too: the shutdown's wake-up may have been consumed already.
+        if self._notifier.closing:
+            raise UnavailableError("the events server is shutting down: resume elsewhere")
         woken = True
         try:
             async with asyncio.timeout(limit.total_seconds()):
