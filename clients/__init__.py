@@ -1,1 +1,50 @@
-"""Darkroom clients: the Python client library and the `darkroom` CLI."""
+"""Darkroom clients: the Python client library and the `darkroom` CLI.
+
+`AsyncDarkroomClient` (asyncio) and `DarkroomClient` (blocking) submit, get, list, cancel
+and watch jobs, and `generate` images in one call; failures are typed `DarkroomError`s.
+"""
+
+from __future__ import annotations
+
+from clients.aio import AsyncDarkroomClient
+from clients.errors import (
+    AlreadyExists,
+    DarkroomError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    JobCancelled,
+    JobEnded,
+    JobFailed,
+    NotFound,
+    OutputError,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from clients.jobs import GenerateResult, SpecFields
+from clients.retry import RetryPolicy
+from clients.sync import DarkroomClient
+
+__all__ = [
+    "AlreadyExists",
+    "AsyncDarkroomClient",
+    "DarkroomClient",
+    "DarkroomError",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "GenerateResult",
+    "Internal",
+    "InvalidArgument",
+    "JobCancelled",
+    "JobEnded",
+    "JobFailed",
+    "NotFound",
+    "OutputError",
+    "ResourceExhausted",
+    "RetryPolicy",
+    "SpecFields",
+    "Unauthenticated",
+    "Unavailable",
+]

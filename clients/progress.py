@@ -1,0 +1,71 @@
+"""Human-readable job events: one-line descriptions and a carriage-return progress bar."""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+from clients import jobs
+from darkroom.v1 import events_service_pb2, job_pb2
+
+
+def bar(step: int, total: int, width: int = 24) -> str:
+    """`[#########---------------] step 9/24`."""
+    filled = width * step // total if total > 0 else 0
+    return f"[{'#' * filled}{'-' * (width - filled)}] step {step}/{total}"
+
+
+def _job_status(job: job_pb2.Job) -> str:
+    if job.state == job_pb2.JOB_STATE_RUNNING and job.progress.total_steps:
+        return bar(job.progress.step, job.progress.total_steps)
+    if job.state == job_pb2.JOB_STATE_FAILED and job.error.message:
+        return f"failed: {job.error.message}"
+    return jobs.state_name(job.state)
+
+
+def status(event: events_service_pb2.JobEvent) -> str:
+    """What the job is doing after `event`, as a progress line shows it."""
+    kind = event.WhichOneof("kind")
+    if kind == "progress":
+        progress = event.progress.progress
+        return bar(progress.step, progress.total_steps)
+    if kind == "queued":
+        return "queued" if event.queued.attempt == 0 else "queued again"
+    if kind == "started":
+        return f"started (attempt {event.started.attempt})"
+    if kind == "retrying":
+        return f"retrying after attempt {event.retrying.attempt}: {event.retrying.reason}"
+    job = jobs.event_job(event)
+    return _job_status(job) if job is not None else kind or "unknown event"
+
+
+def describe(event: events_service_pb2.JobEvent) -> str:
+    """One line for `darkroom watch`: event id, kind and what it says."""
+    kind = event.WhichOneof("kind") or "unknown"
+    return f"{event.event_id or '-'}\t{kind}\t{status(event)}"
+
+
+class ProgressBar:
+    """Rewrites one status line on `stream` for each event (use it as `on_event`)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._width = 0
+
+    def show(self, text: str) -> None:
+        """Replace the current line with `text`."""
+        padding = " " * max(0, self._width - len(text))
+        self.stream.write(f"\r{text}{padding}")
+        self.stream.flush()
+        self._width = len(text)
+
+    def __call__(self, event: events_service_pb2.JobEvent) -> None:
+        self.show(status(event))
+
+    def finish(self, text: str | None = None) -> None:
+        """Show `text` (if any) and end the line."""
+        if text is not None:
+            self.show(text)
+        if self._width:
+            self.stream.write("\n")
+            self.stream.flush()
+        self._width = 0
