@@ -1,13 +1,11 @@
 """gRPC server bootstrap shared by the Jobs and Events services.
 
 `create_server` builds and starts a server on an address (port 0 in tests) with health
-checking and reflection; `serve` runs it until SIGTERM/SIGINT and shuts down gracefully.
+checking and reflection; `RunningServer.stop` shuts it down gracefully.
 """
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -66,15 +64,3 @@ async def create_server(
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("server_started", address=address, port=port, services=service_names)
     return RunningServer(server, port, health_servicer, service_names)
-
-
-async def serve(running: RunningServer, grace: timedelta) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    log.info("server_stopping", grace_s=grace.total_seconds())
-    await running.stop(grace)
-    log.info("server_stopped")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -11,12 +12,33 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from darkroom.v1 import job_pb2, jobs_service_pb2, jobs_service_pb2_grpc
+from darkroom.validation import JobRequest
 
 RUN_ID = uuid.uuid4().hex[:12]
 
 
 def new_request_id() -> str:
     return str(uuid.uuid4())
+
+
+def job_request(prompt: str = "a test job", **overrides: Any) -> JobRequest:
+    """A validated job request, for tests that write rows straight through the store."""
+    values: dict[str, Any] = {
+        "request_id": uuid.uuid4(),
+        "request_hash": "0" * 64,
+        "prompt": prompt,
+        "negative_prompt": "",
+        "width": 64,
+        "height": 64,
+        "steps": 2,
+        "guidance_scale": 1.0,
+        "seed": 1,
+        "num_images": 1,
+        "model": "tiny-sd",
+        "queue_timeout": timedelta(hours=1),
+    }
+    values.update(overrides)
+    return JobRequest(**values)
 
 
 @dataclass

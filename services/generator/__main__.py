@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 
 import structlog
-import uvloop
 
-from darkroom import logs
-from darkroom.config import Settings, load_settings
+from darkroom import process
+from darkroom.config import Settings
 from services.generator.worker import start
 
 log = structlog.get_logger("darkroom.generator")
@@ -17,12 +15,8 @@ log = structlog.get_logger("darkroom.generator")
 
 async def run(settings: Settings) -> None:
     generator = await start(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     assert generator.task is not None
-    stopper = asyncio.create_task(stop.wait())
+    stopper = asyncio.create_task(process.stop_signal().wait())
     await asyncio.wait({generator.task, stopper}, return_when=asyncio.FIRST_COMPLETED)
     log.info("generator_stopping", grace_s=settings.shutdown_grace.total_seconds())
     await generator.stop(settings.shutdown_grace)
@@ -31,10 +25,7 @@ async def run(settings: Settings) -> None:
 
 
 def main() -> None:
-    settings = load_settings("darkroom-generator")
-    logs.configure(settings.log_level, settings.log_json)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(run(settings))
+    process.main("darkroom-generator", run)
 
 
 if __name__ == "__main__":

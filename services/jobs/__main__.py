@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
+import structlog
 
-import uvloop
-
-from darkroom import logs
-from darkroom.config import Settings, load_settings
-from darkroom.server import serve
+from darkroom import process
+from darkroom.config import Settings
 from services.jobs.app import start
+
+log = structlog.get_logger("darkroom.jobs")
 
 
 async def run(settings: Settings) -> None:
     app = await start(settings)
-    try:
-        await serve(app.running, settings.shutdown_grace)
-    finally:
-        await app.close(settings)
+    await process.stop_signal().wait()
+    log.info("server_stopping", grace_s=settings.shutdown_grace.total_seconds())
+    await app.close(settings)
+    log.info("server_stopped")
 
 
 def main() -> None:
-    settings = load_settings("darkroom-jobs")
-    logs.configure(settings.log_level, settings.log_json)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(run(settings))
+    process.main("darkroom-jobs", run)
 
 
 if __name__ == "__main__":

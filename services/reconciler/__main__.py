@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 
 import structlog
-import uvloop
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from darkroom import db, logs, queue
-from darkroom.config import Settings, load_settings
+from darkroom import db, process, queue
+from darkroom.config import Settings
 from darkroom.events import EventLog
 from darkroom.storage import open_storage
 from darkroom.store import JobStore
@@ -42,10 +40,7 @@ def build(settings: Settings) -> tuple[Reconciler, AsyncEngine, ArqRedis]:
 
 async def run(settings: Settings) -> None:
     reconciler, engine, redis = build(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = process.stop_signal()
     log.info("reconciler_started", interval_s=settings.reconcile_interval.total_seconds())
     while not stop.is_set():
         try:
@@ -66,10 +61,7 @@ async def run(settings: Settings) -> None:
 
 
 def main() -> None:
-    settings = load_settings("darkroom-reconciler")
-    logs.configure(settings.log_level, settings.log_json)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(run(settings))
+    process.main("darkroom-reconciler", run)
 
 
 if __name__ == "__main__":

@@ -12,24 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from darkroom.models import State
 from darkroom.store import JobStore
-from darkroom.validation import JobRequest
+from tests.helpers import job_request
 
 
 async def _queued(store: JobStore) -> uuid.UUID:
-    request = JobRequest(
-        request_id=uuid.uuid4(),
-        request_hash="0" * 64,
-        prompt="state machine",
-        negative_prompt="",
-        width=64,
-        height=64,
-        steps=2,
-        guidance_scale=1.0,
-        seed=1,
-        num_images=1,
-        model="tiny-sd",
-        queue_timeout=timedelta(minutes=5),
-    )
+    request = job_request("state machine", queue_timeout=timedelta(minutes=5))
     row, created = await store.create("state-machine", request, max_attempts=2)
     assert created
     return row.id

@@ -23,10 +23,9 @@ from darkroom.events import EventLog
 from darkroom.models import JobRow, State
 from darkroom.storage import LocalStorage
 from darkroom.store import JobStore
-from darkroom.validation import JobRequest
 from services.reconciler.reconciler import Reconciler
 from tests.conftest import create_database, drop_database
-from tests.helpers import RUN_ID
+from tests.helpers import RUN_ID, job_request
 
 _numbers = itertools.count()
 
@@ -51,20 +50,7 @@ class World:
         )
 
     async def job(self, **values: object) -> JobRow:
-        request = JobRequest(
-            request_id=uuid.uuid4(),
-            request_hash="0" * 64,
-            prompt="reconcile",
-            negative_prompt="",
-            width=64,
-            height=64,
-            steps=2,
-            guidance_scale=1.0,
-            seed=1,
-            num_images=1,
-            model="tiny-sd",
-            queue_timeout=timedelta(hours=1),
-        )
+        request = job_request("reconcile")
         row, _ = await self.store.create("reconciler", request, max_attempts=2)
         if values:
             async with self.store._sessions.begin() as session:  # test setup

@@ -1,0 +1,30 @@
+"""What every Darkroom process does around its work: settings, logs, uvloop, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import uvloop
+
+from darkroom import logs
+from darkroom.config import Settings, load_settings
+
+
+def stop_signal() -> asyncio.Event:
+    """An event set on SIGTERM or SIGINT (call from the running loop)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+def main(program: str, run: Callable[[Settings], Coroutine[Any, Any, None]]) -> None:
+    """Load settings (a bad one ends the process naming it), configure logs, and run."""
+    settings = load_settings(program)
+    logs.configure(settings.log_level, settings.log_json)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run(settings))
