@@ -31,6 +31,9 @@ from services.generator.pipeline import GenerationRequest, Pipeline, PipelineInt
 
 log = structlog.get_logger("darkroom.generator")
 SEED_SPACE = 2**32
+# The least time between two lease renewals while steps come in: it bounds how soon a
+# cancellation is noticed (plus one step).
+BEAT_EVERY = 0.25
 
 
 class Stop(enum.Enum):
@@ -138,11 +141,15 @@ class Attempt:
         """Renew the lease, record and publish progress, and notice cancellation.
 
         Progress goes out through a token bucket (`progress_rate` a second, as many in a
-        burst), so short jobs report every step and long fast ones are coalesced.
+        burst), so short jobs report every step and long fast ones are coalesced. The
+        database write that renews the lease, records the step and reads the cancel flag
+        happens at most every `BEAT_EVERY` (and every heartbeat interval without steps):
+        one write per step would compete with the pipeline for the CPU.
         """
         settings = self.s.settings
         rate = settings.progress_rate
         tokens, refilled = rate, time.monotonic()
+        beaten = -BEAT_EVERY
         while not self._finished:
             try:
                 async with asyncio.timeout(settings.heartbeat_interval.total_seconds()):
@@ -152,16 +159,18 @@ class Attempt:
             self._stepped.clear()
             if self._finished:
                 return
+            now = time.monotonic()
             step = self._latest_step if self._latest_step > self._published_step else None
-            try:
-                await self._beat(step)
-            except Exception as exc:  # noqa: BLE001 - keep going; the lease says how long we may
-                log.warning("heartbeat_failed", error=repr(exc))
-                continue
-            if self.stop_reason is Stop.LOST:
-                return
+            if step is None or now - beaten >= BEAT_EVERY:
+                try:
+                    await self._beat(self._latest_step or None)
+                    beaten = now
+                except Exception as exc:  # noqa: BLE001 - keep going; the lease says how long
+                    log.warning("heartbeat_failed", error=repr(exc))
+                    continue
+                if self.stop_reason is Stop.LOST:
+                    return
             if step is not None:
-                now = time.monotonic()
                 tokens = min(rate, tokens + (now - refilled) * rate)
                 refilled = now
                 tokens -= await self._publish_progress(tokens)
