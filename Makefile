@@ -9,8 +9,10 @@ BUF := node_modules/.bin/buf
 PROTOS := $(wildcard protos/darkroom/v1/*.proto)
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k submit"`.
 PYTEST_ARGS ?=
+# Extra bench arguments, e.g. `make bench BENCH_ARGS=--quick`.
+BENCH_ARGS ?=
 
-.PHONY: help install generate lint test demo up down migrate jobs events generator reconciler tiny-model chaos
+.PHONY: help install generate lint test bench bench-gpu demo up down migrate jobs events generator reconciler tiny-model chaos
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,6 +45,12 @@ test: lint  ## Lint, then every test (starts throwaway Postgres/Redis when none 
 	rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests for: $(PYTEST_ARGS)"; [ -n "$(PYTEST_ARGS)" ]; \
 	else exit $$rc; fi
+
+bench: $(VENV)/.installed generate  ## Every figure beside its baseline: bench-results/report.{md,json}.
+	$(PY) -m bench $(BENCH_ARGS)
+
+bench-gpu: $(VENV)/.installed generate  ## SD 1.5-sized random pipeline on the GPU (never in CI).
+	$(PY) -m bench.gpu $(BENCH_ARGS)
 
 demo: $(VENV)/.installed generate  ## Prompt in, progress bar, PNG out: the whole stack, then stop it.
 	$(PY) -m services.stack demo

@@ -1,0 +1,126 @@
+"""2. Pickup: enqueue → claim latency of an idle worker, with the project's poll delay
+against arq's default 0.5 s, timed by the `started` event the worker publishes."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from datetime import timedelta
+
+import redis.asyncio
+
+from bench.context import Context
+from bench.stats import Figure, Goal, Section, mean, percentile
+from darkroom import db, events, queue
+from darkroom.config import DEV_OWNER, Settings
+from darkroom.events import EVENT_FIELD, TERMINAL_KINDS, JobEvent
+from darkroom.store import JobStore
+from darkroom.v1 import job_pb2, jobs_service_pb2
+from darkroom.validation import validate_submit
+from services.generator.pipeline import FakePipeline
+from services.generator.worker import start
+
+SPEC = job_pb2.JobSpec(prompt="pickup", width=64, height=64, steps=1)
+WAIT_MS = 10_000
+
+
+async def _samples(settings: Settings, count: int) -> list[float]:
+    """Pickup latencies (seconds) of `count` jobs given one at a time to an idle worker."""
+    engine = db.create_engine(settings.database_url, pool_size=2)
+    arq_redis = queue.connect(settings)
+    reader = redis.asyncio.Redis.from_url(settings.redis_url)
+    store, jobs_queue = JobStore(engine), queue.JobQueue(arq_redis, settings)
+    generator = await start(settings, FakePipeline(step_seconds=0))
+    poll = settings.worker_poll_delay.total_seconds()
+    latencies: list[float] = []
+    try:
+        for index in range(count + 1):  # the first one warms up connections
+            job = validate_submit(
+                jobs_service_pb2.SubmitJobRequest(request_id=str(uuid.uuid4()), spec=SPEC),
+                settings,
+            )
+            row, _ = await store.create(DEV_OWNER, job, settings.max_attempts)
+            key = events.stream_key(settings.key_prefix, row.id)
+            # Enqueue at a random moment of the worker's polling cycle.
+            await asyncio.sleep(random.uniform(0, poll) + 0.002)  # noqa: S311 - not cryptography
+            sent_ns = time.time_ns()
+            await jobs_queue.enqueue(row.id, row.attempt, row.model)
+            started_ns = await _wait_events(reader, key)
+            if index:
+                latencies.append((started_ns - sent_ns) / 1e9)
+    finally:
+        await generator.stop(timedelta(seconds=5))
+        await reader.aclose()
+        await arq_redis.aclose()
+        await arq_redis.connection_pool.disconnect()
+        await engine.dispose()
+    return latencies
+
+
+async def _wait_events(reader: redis.asyncio.Redis, key: str) -> int:
+    """Read the job's stream until its terminal event; the `started` event's time (ns)."""
+    cursor, started_ns = "0-0", 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        answer = await reader.xread({key: cursor}, block=WAIT_MS, count=100)
+        for _, entries in answer:
+            for entry_id, fields in entries:
+                cursor = entry_id
+                event = JobEvent.FromString(fields[EVENT_FIELD])
+                kind = event.WhichOneof("kind")
+                if kind == "started":
+                    started_ns = event.time.ToNanoseconds()
+                elif kind in TERMINAL_KINDS:
+                    if not started_ns:
+                        raise RuntimeError(f"job ended without starting: {event}")
+                    return started_ns
+    raise TimeoutError(f"no terminal event on {key}")
+
+
+async def run(ctx: Context) -> Section:
+    section = Section("pickup", "2. Pickup")
+    ours_settings = ctx.env.settings("pickup", worker_id="bench-pickup")
+    arq_settings = ctx.env.settings(
+        "pickup-arq", worker_id="bench-pickup-arq", worker_poll_delay=timedelta(seconds=0.5)
+    )
+    poll = ours_settings.worker_poll_delay.total_seconds()
+    ctx.say(f"pickup: {ctx.options.pickup_samples} jobs, poll delay {poll * 1000:g} ms")
+    ours = await _samples(ours_settings, ctx.options.pickup_samples)
+    ctx.say(f"pickup: {ctx.options.pickup_arq_samples} jobs, arq's default poll delay 0.5 s")
+    base = await _samples(arq_settings, ctx.options.pickup_arq_samples)
+    label = "the same worker with arq's default poll_delay 0.5 s"
+    details = {
+        "ours_ms": [round(s * 1000, 3) for s in ours],
+        "baseline_ms": [round(s * 1000, 3) for s in base],
+        "ours_mean_ms": mean(ours) * 1000,
+        "baseline_mean_ms": mean(base) * 1000,
+    }
+    section.figures += [
+        Figure(
+            "pickup",
+            f"enqueue → started, p50 (poll {poll * 1000:g} ms)",
+            "ms",
+            percentile(ours, 50) * 1000,
+            percentile(base, 50) * 1000,
+            label,
+            goals=[Goal("p50 <= 10 ms", 10.0)],
+            details=details,
+        ),
+        Figure(
+            "pickup",
+            f"enqueue → started, p99 (poll {poll * 1000:g} ms)",
+            "ms",
+            percentile(ours, 99) * 1000,
+            percentile(base, 99) * 1000,
+            label,
+        ),
+    ]
+    section.notes.append(
+        "In-process `services.generator.worker.start` with `FakePipeline(step_seconds=0)`, one "
+        "job at a time (enqueued directly with `JobQueue.enqueue`, at a random point of the "
+        "poll cycle). Latency: from just before the enqueue to the `time` of the `started` "
+        "event the worker publishes right after its claim commits."
+    )
+    return section
