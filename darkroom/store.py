@@ -9,16 +9,40 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import uuid_utils.compat as uuid_utils
-from sqlalchemy import ColumnElement, case, func, select, update
+from sqlalchemy import ColumnElement, Interval, Table, bindparam, case, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from darkroom.db import sessionmaker
 from darkroom.models import JobRow, State
 from darkroom.validation import JobRequest
+
+# The columns a submit sets; the others take their server defaults.
+_INSERTED = frozenset(
+    {
+        "id", "owner", "request_id", "request_hash", "prompt", "prompt_sha256",
+        "negative_prompt", "width", "height", "steps", "guidance_scale", "seed",
+        "num_images", "model", "state", "max_attempts",
+    }
+)  # fmt: skip
+
+
+_JOBS = cast(Table, JobRow.__table__)
+_INSERT = (
+    insert(_JOBS)
+    .values(
+        {column.name: bindparam(column.name) for column in _JOBS.c if column.name in _INSERTED}
+        | {"deadline": func.now() + bindparam("queue_timeout", type_=Interval)}
+    )
+    .on_conflict_do_nothing(index_elements=["owner", "request_id"])
+    .returning(*_JOBS.c)
+)
+_BY_REQUEST = select(*_JOBS.c).where(
+    _JOBS.c.owner == bindparam("owner"), _JOBS.c.request_id == bindparam("request_id")
+)
 
 
 def new_job_id() -> uuid.UUID:
@@ -30,6 +54,7 @@ class JobStore:
     """The job table, seen through the operations services need."""
 
     def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
         self._sessions = sessionmaker(engine)
 
     async def create(self, owner: str, job: JobRequest, max_attempts: int) -> tuple[JobRow, bool]:
@@ -37,7 +62,8 @@ class JobStore:
 
         Returns the row and whether it was created. Concurrent identical submits meet on
         the (owner, request_id) unique index: one inserts, the others wait for its commit
-        and read its row.
+        and read its row. This is the submit hot path, so it runs one prepared Core
+        statement rather than the ORM's insert machinery (about twice as fast).
         """
         values: dict[str, Any] = {
             "id": new_job_id(),
@@ -54,26 +80,22 @@ class JobStore:
             "seed": job.seed,
             "num_images": job.num_images,
             "model": job.model,
-            "state": State.QUEUED,
+            "state": State.QUEUED.value,
             "max_attempts": max_attempts,
-            "deadline": func.now() + job.queue_timeout,
+            "queue_timeout": job.queue_timeout,
         }
-        statement = (
-            insert(JobRow)
-            .values(**values)
-            .on_conflict_do_nothing(index_elements=["owner", "request_id"])
-            .returning(JobRow)
-        )
-        async with self._sessions.begin() as session:
-            created = (await session.scalars(statement)).one_or_none()
+        async with self._engine.begin() as connection:
+            created = (await connection.execute(_INSERT, values)).one_or_none()
             if created is not None:
-                return created, True
-            existing = await session.scalar(
-                select(JobRow).where(JobRow.owner == owner, JobRow.request_id == job.request_id)
-            )
+                return JobRow(**created._mapping), True
+            existing = (
+                await connection.execute(
+                    _BY_REQUEST, {"owner": owner, "request_id": job.request_id}
+                )
+            ).one_or_none()
             if existing is None:  # pragma: no cover - the conflict guarantees a row
                 raise RuntimeError("idempotency conflict without a row")
-            return existing, False
+            return JobRow(**existing._mapping), False
 
     async def get(self, owner: str, job_id: uuid.UUID) -> JobRow | None:
         """One of `owner`'s jobs, or None (also when it belongs to someone else)."""
