@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import io
 import os
@@ -96,6 +97,7 @@ class Attempt:
         self._total_steps = row.steps
         self._stepped = asyncio.Event()
         self._finished = False
+        self._done = asyncio.Event()
 
     # Called on the pipeline thread after every denoising step.
     def on_step(self, step: int, total: int) -> bool:
@@ -175,7 +177,10 @@ class Attempt:
                 refilled = now
                 tokens -= await self._publish_progress(tokens)
                 if tokens < 0:
-                    await asyncio.sleep(-tokens / rate)
+                    # Out of tokens: wait for one, unless the attempt ends first.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(-tokens / rate):
+                            await self._done.wait()
 
     def _request(self) -> GenerationRequest:
         row = self.row
@@ -264,6 +269,7 @@ class Attempt:
     async def _stop_monitor(self, monitor: asyncio.Task[None]) -> None:
         # Let it finish its current write rather than cancel a query halfway.
         self._finished = True
+        self._done.set()
         self._stepped.set()
         await monitor
 
