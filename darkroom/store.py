@@ -1,23 +1,17 @@
-"""Reads and conditional writes of job rows.
-
-Every state change is one `UPDATE … WHERE id = :id AND state = :expected … RETURNING`, so a
-duplicate or late writer changes nothing; the database trigger rejects illegal moves.
-"""
+"""Reads of job rows, submits and cancels (the state changes live in `transitions`)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, cast
 
 import uuid_utils.compat as uuid_utils
-from sqlalchemy import ColumnElement, Interval, Table, bindparam, case, func, select, update
+from sqlalchemy import Interval, Table, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from darkroom.db import sessionmaker
 from darkroom.models import JobRow, State
+from darkroom.transitions import Transitions
 from darkroom.validation import JobRequest
 
 # The columns a submit sets; the others take their server defaults.
@@ -50,12 +44,9 @@ def new_job_id() -> uuid.UUID:
     return uuid_utils.uuid7()
 
 
-class JobStore:
-    """The job table, seen through the operations services need."""
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-        self._sessions = sessionmaker(engine)
+class JobStore(Transitions):
+    """The job table, seen through the operations services need: reads, submits and
+    cancels here, every worker-side state change in `Transitions`."""
 
     async def create(self, owner: str, job: JobRequest, max_attempts: int) -> tuple[JobRow, bool]:
         """Insert a QUEUED job, or return the row already recorded for its request_id.
@@ -127,37 +118,6 @@ class JobStore:
         async with self._sessions() as session:
             return list(await session.scalars(query))
 
-    async def transition(
-        self,
-        job_id: uuid.UUID,
-        expected: State | Iterable[State],
-        values: Mapping[str, Any],
-        *,
-        owner: str | None = None,
-        attempt: int | None = None,
-        where: Sequence[ColumnElement[bool]] = (),
-    ) -> JobRow | None:
-        """Apply `values` only if the job is in `expected` (and at `attempt`, if given).
-
-        Returns the updated row, or None when the condition did not hold: the caller lost
-        a race or the message was late, and nothing changed.
-        """
-        states = [expected] if isinstance(expected, State) else list(expected)
-        statement = update(JobRow).where(JobRow.id == job_id, JobRow.state.in_(states))
-        if owner is not None:
-            statement = statement.where(JobRow.owner == owner)
-        if attempt is not None:
-            statement = statement.where(JobRow.attempt == attempt)
-        if where:
-            statement = statement.where(*where)
-        statement = (
-            statement.values(**values)
-            .returning(JobRow)
-            .execution_options(synchronize_session=False)
-        )
-        async with self._sessions.begin() as session:
-            return (await session.scalars(statement)).one_or_none()
-
     async def cancel(self, owner: str, job_id: uuid.UUID) -> tuple[JobRow | None, bool]:
         """Cancel a QUEUED job at once, or ask a RUNNING one to stop.
 
@@ -184,145 +144,6 @@ class JobStore:
             if current is None or State(current.state).terminal:
                 return current, False
         return await self.get(owner, job_id), False
-
-    # Worker-side transitions. `attempt` is always the caller's own attempt number, so a
-    # stale or duplicate worker matches no row and changes nothing.
-
-    async def claim(
-        self, job_id: uuid.UUID, queued_attempt: int, worker_id: str, lease: timedelta
-    ) -> JobRow | None:
-        """QUEUED -> RUNNING as attempt `queued_attempt + 1`, leased by the database clock.
-
-        None when the job is not QUEUED at `queued_attempt` or is past its deadline.
-        """
-        return await self.transition(
-            job_id,
-            State.QUEUED,
-            {
-                "state": State.RUNNING,
-                "attempt": queued_attempt + 1,
-                "worker_id": worker_id,
-                "lease_expires_at": func.now() + lease,
-                "started_at": func.now(),
-                "progress_step": 0,
-                "progress_total": JobRow.steps,
-            },
-            attempt=queued_attempt,
-            where=[JobRow.deadline > func.now()],
-        )
-
-    async def heartbeat(
-        self, job_id: uuid.UUID, attempt: int, lease: timedelta, step: int | None = None
-    ) -> JobRow | None:
-        """Renew the lease (and record progress); None when this attempt lost the job."""
-        values: dict[str, Any] = {"lease_expires_at": func.now() + lease}
-        if step is not None:
-            values["progress_step"] = step
-        return await self.transition(job_id, State.RUNNING, values, attempt=attempt)
-
-    async def succeed(
-        self,
-        job_id: uuid.UUID,
-        attempt: int,
-        outputs: list[dict[str, Any]],
-        model_id: str,
-        model_version: str,
-    ) -> JobRow | None:
-        """RUNNING -> SUCCEEDED with this attempt's outputs, only if it still holds the job."""
-        return await self.transition(
-            job_id,
-            State.RUNNING,
-            {
-                "state": State.SUCCEEDED,
-                "outputs": outputs,
-                "model_id": model_id,
-                "model_version": model_version,
-                "progress_step": JobRow.progress_total,
-                "completed_at": func.now(),
-                "lease_expires_at": None,
-                "error_code": None,
-                "error_message": None,
-            },
-            attempt=attempt,
-        )
-
-    async def end(
-        self,
-        job_id: uuid.UUID,
-        attempt: int,
-        state: State,
-        code: int | None = None,
-        message: str | None = None,
-        *,
-        lease_expired: bool = False,
-    ) -> JobRow | None:
-        """RUNNING -> FAILED or CANCELLED for this attempt (only once its lease expired,
-        when the reconciler asks)."""
-        return await self.transition(
-            job_id,
-            State.RUNNING,
-            {
-                "state": state,
-                "completed_at": func.now(),
-                "lease_expires_at": None,
-                "error_code": code,
-                "error_message": message,
-            },
-            attempt=attempt,
-            where=[JobRow.lease_expires_at < func.now()] if lease_expired else (),
-        )
-
-    async def requeue(
-        self,
-        job_id: uuid.UUID,
-        attempt: int,
-        *,
-        code: int,
-        message: str,
-        delay: timedelta,
-        refund: bool = False,
-        lease_expired: bool = False,
-    ) -> JobRow | None:
-        """RUNNING -> QUEUED after this attempt ended without a result.
-
-        A job whose owner asked to cancel goes to CANCELLED instead. With `refund`, the
-        attempt does not count against the job (the platform interrupted it): max_attempts
-        grows by one so the attempt number, and with it the queue message id, still moves on.
-        """
-        cancelled = JobRow.cancel_requested
-        values: dict[str, Any] = {
-            "state": case((cancelled, State.CANCELLED.value), else_=State.QUEUED.value),
-            "completed_at": case((cancelled, func.now()), else_=None),
-            "worker_id": None,
-            "lease_expires_at": None,
-            "run_after": func.now() + delay,
-            "progress_step": 0,
-            "error_code": code,
-            "error_message": message,
-        }
-        if refund:
-            values["max_attempts"] = JobRow.max_attempts + 1
-        return await self.transition(
-            job_id,
-            State.RUNNING,
-            values,
-            attempt=attempt,
-            where=[JobRow.lease_expires_at < func.now()] if lease_expired else (),
-        )
-
-    async def expire(self, job_id: uuid.UUID, code: int, message: str) -> JobRow | None:
-        """QUEUED -> FAILED for a job that did not start before its deadline."""
-        return await self.transition(
-            job_id,
-            State.QUEUED,
-            {
-                "state": State.FAILED,
-                "completed_at": func.now(),
-                "error_code": code,
-                "error_message": message,
-            },
-            where=[JobRow.deadline <= func.now()],
-        )
 
     # Reconciler scans: each returns a bounded batch; every change after it is conditional.
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import io
 import os
 import threading
 import time
@@ -13,11 +12,10 @@ import uuid
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import grpc
 import structlog
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from darkroom import events
 from darkroom.config import Settings
@@ -25,9 +23,10 @@ from darkroom.convert import job_to_proto
 from darkroom.events import EventLog
 from darkroom.models import JobRow, State
 from darkroom.queue import JobQueue
-from darkroom.storage import ObjectExistsError, Storage, sha256_hex
+from darkroom.storage import Storage
 from darkroom.store import JobStore
 from services.generator.failures import Kind, PermanentError, classify
+from services.generator.outputs import LeaseLostError, store_images
 from services.generator.pipeline import GenerationRequest, Pipeline, PipelineInterrupted
 
 log = structlog.get_logger("darkroom.generator")
@@ -46,10 +45,6 @@ class Stop(enum.Enum):
     SHUTDOWN = "shutdown"  # the worker is stopping: hand the job back at once
 
 
-class LeaseLostError(Exception):
-    """This attempt no longer holds the job."""
-
-
 class PipelineWedgedError(Exception):
     """The pipeline thread did not stop after the execution timeout."""
 
@@ -66,19 +61,6 @@ class Services:
     pipeline: Pipeline
     executor: Executor
     worker_id: str
-
-
-def png_bytes(image: Image.Image, row: JobRow, seed: int, pipeline: Pipeline) -> bytes:
-    """The image as PNG with text metadata; the same pixels always give the same bytes."""
-    info = PngImagePlugin.PngInfo()
-    info.add_text("darkroom:prompt_sha256", row.prompt_sha256)
-    info.add_text("darkroom:seed", str(seed))
-    info.add_text("darkroom:model", row.model)
-    info.add_text("darkroom:model_version", pipeline.model_version)
-    info.add_text("darkroom:steps", str(row.steps))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
-    return buffer.getvalue()
 
 
 class Attempt:
@@ -231,7 +213,14 @@ class Attempt:
             return
         try:
             await self._publish_progress()
-            outputs = await self._store(images)
+            outputs = await store_images(
+                self.s.storage,
+                self.row,
+                images,
+                seeds=self._request().seeds,
+                model_version=self.s.pipeline.model_version,
+                holds_job=self._holds_job,
+            )
             self._fault("after_upload")
             finished = await self.s.store.succeed(
                 self.job_id,
@@ -295,41 +284,9 @@ class Attempt:
                 grpc.StatusCode.UNAVAILABLE, "the worker shut down", timedelta(0), refund=True
             )
 
-    async def _put(self, key: str, data: bytes) -> str:
-        storage = self.s.storage
-        try:
-            return await storage.create(key, data, "image/png")
-        except ObjectExistsError as exists:
-            # An earlier attempt got this far. The same bytes: keep its object. Other bytes
-            # (another device or library build): replace exactly that object, and only
-            # while this attempt still holds the job, so a zombie never overwrites.
-            if sha256_hex(await storage.read(exists.uri)) == sha256_hex(data):
-                return exists.uri
-            if (
-                await self.s.store.heartbeat(self.job_id, self.number, self.s.settings.lease)
-                is None
-            ):
-                raise LeaseLostError from None
-            return await storage.replace(key, data, "image/png", exists.generation)
-
-    async def _store(self, images: list[Image.Image]) -> list[dict[str, Any]]:
-        outputs = []
-        request = self._request()
-        for index, (image, seed) in enumerate(zip(images, request.seeds, strict=True)):
-            data = await asyncio.to_thread(png_bytes, image, self.row, seed, self.s.pipeline)
-            uri = await self._put(f"jobs/{self.job_id}/{index}.png", data)
-            outputs.append(
-                {
-                    "index": index,
-                    "uri": uri,
-                    "width": image.width,
-                    "height": image.height,
-                    "content_type": "image/png",
-                    "sha256": sha256_hex(data),
-                    "seed": seed,
-                }
-            )
-        return outputs
+    async def _holds_job(self) -> bool:
+        row = await self.s.store.heartbeat(self.job_id, self.number, self.s.settings.lease)
+        return row is not None
 
     async def fail(self, exc: BaseException) -> None:
         """Classify `exc`: FAILED at once, or back to the queue while attempts remain."""
