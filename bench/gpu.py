@@ -50,31 +50,13 @@ def build(shape: Shape, folder: Path, device: str = "cpu") -> dict[str, Any]:
     """The models (created on `device`), scheduler and tokenizer of an SD 1.5-shaped
     pipeline with random weights."""
     import torch  # noqa: PLC0415 - torch only when asked
-    from diffusers import EulerDiscreteScheduler  # noqa: PLC0415
-    from transformers import CLIPTokenizer  # noqa: PLC0415
 
-    from services.generator.tiny_model import BOS, EOS, write_tokenizer_files  # noqa: PLC0415
+    from services.generator import tiny_model  # noqa: PLC0415
 
-    write_tokenizer_files(folder)
-    tokenizer = CLIPTokenizer(
-        str(folder / "vocab.json"),
-        str(folder / "merges.txt"),
-        model_max_length=77,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=EOS,
-        unk_token=EOS,
-    )
+    tokenizer = tiny_model.tokenizer(folder)
     with torch.device(device):
         models = _models(shape, tokenizer)
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        timestep_spacing="leading",
-    )
-    return {**models, "tokenizer": tokenizer, "scheduler": scheduler}
+    return {**models, "tokenizer": tokenizer, "scheduler": tiny_model.scheduler()}
 
 
 def _models(shape: Shape, tokenizer: Any) -> dict[str, Any]:

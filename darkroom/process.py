@@ -5,12 +5,29 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
+import structlog
 import uvloop
 
 from darkroom import logs
 from darkroom.config import Settings, load_settings
+
+log = structlog.get_logger("darkroom.server")
+
+
+class App(Protocol):
+    """A started service that can shut itself down gracefully."""
+
+    async def close(self, settings: Settings) -> None: ...
+
+
+async def serve(app: App, settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then close `app` gracefully."""
+    await stop_signal().wait()
+    log.info("server_stopping", grace_s=settings.shutdown_grace.total_seconds())
+    await app.close(settings)
+    log.info("server_stopped")
 
 
 def stop_signal() -> asyncio.Event:

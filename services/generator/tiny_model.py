@@ -49,31 +49,46 @@ def write_tokenizer_files(folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n")
 
 
-def build(folder: Path, seed: int = 0) -> Any:
-    """Build the pipeline with weights drawn from `seed` and save it to `folder`."""
-    torch.manual_seed(seed)
-    tokenizer_dir = folder / "tokenizer"
-    write_tokenizer_files(tokenizer_dir)
-    tokenizer = CLIPTokenizer(
-        str(tokenizer_dir / "vocab.json"),
-        str(tokenizer_dir / "merges.txt"),
+def tokenizer(folder: Path) -> Any:
+    """A CLIP tokenizer over the local vocabulary, written into `folder`."""
+    write_tokenizer_files(folder)
+    return CLIPTokenizer(
+        str(folder / "vocab.json"),
+        str(folder / "merges.txt"),
         model_max_length=77,
         bos_token=BOS,
         eos_token=EOS,
         pad_token=EOS,
         unk_token=EOS,
     )
+
+
+def scheduler() -> Any:
+    """Stable Diffusion's Euler scheduler (`steps_offset=1` avoids a deprecation warning)."""
+    return EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+
+
+def build(folder: Path, seed: int = 0) -> Any:
+    """Build the pipeline with weights drawn from `seed` and save it to `folder`."""
+    torch.manual_seed(seed)
+    tokens = tokenizer(folder / "tokenizer")
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
-            vocab_size=len(tokenizer),
+            vocab_size=len(tokens),
             hidden_size=32,
             intermediate_size=37,
             num_attention_heads=4,
             num_hidden_layers=2,
             max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokens.bos_token_id,
+            eos_token_id=tokens.eos_token_id,
+            pad_token_id=tokens.pad_token_id,
             projection_dim=32,
         )
     )
@@ -100,19 +115,12 @@ def build(folder: Path, seed: int = 0) -> Any:
         layers_per_block=1,
         sample_size=128,
     )
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        timestep_spacing="leading",
-    )
     pipeline: Any = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=tokenizer,
+        tokenizer=tokens,
         unet=unet,
-        scheduler=scheduler,
+        scheduler=scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import structlog
-
 from darkroom import process
 from darkroom.config import Settings
 from services.jobs.app import start
 
-log = structlog.get_logger("darkroom.jobs")
-
 
 async def run(settings: Settings) -> None:
-    app = await start(settings)
-    await process.stop_signal().wait()
-    log.info("server_stopping", grace_s=settings.shutdown_grace.total_seconds())
-    await app.close(settings)
-    log.info("server_stopped")
+    await process.serve(await start(settings), settings)
 
 
 def main() -> None:
