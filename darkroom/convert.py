@@ -8,7 +8,7 @@ from datetime import datetime
 from google.protobuf import timestamp_pb2
 from google.rpc import status_pb2
 
-from darkroom.models import JobRow, State
+from darkroom.models import JobRecord, State
 from darkroom.v1 import job_pb2
 
 STATE_TO_PROTO = {
@@ -28,7 +28,7 @@ def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
     return message
 
 
-def job_to_proto(row: JobRow, url_for: Callable[[str], str] | None = None) -> job_pb2.Job:
+def job_to_proto(row: JobRecord, url_for: Callable[[str], str] | None = None) -> job_pb2.Job:
     """The `Job` message for a row; `url_for` turns a storage URI into a fetchable URL."""
     job = job_pb2.Job(
         id=str(row.id),

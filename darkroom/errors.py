@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
+import psycopg
 import redis.exceptions
 import sqlalchemy.exc
 from google.protobuf import any_pb2
@@ -102,6 +103,8 @@ class InternalError(DarkroomError):
 # Low-level failures that mean "a dependency is down or overloaded; retry later".
 _UNAVAILABLE: tuple[tuple[type[BaseException], str], ...] = (
     (sqlalchemy.exc.OperationalError, "the job database is unavailable"),
+    (psycopg.OperationalError, "the job database is unavailable"),
+    (psycopg.InterfaceError, "the job database is unavailable"),
     (sqlalchemy.exc.InterfaceError, "the job database is unavailable"),
     (sqlalchemy.exc.TimeoutError, "the job database is overloaded"),
     (redis.exceptions.ConnectionError, "the queue is unavailable"),

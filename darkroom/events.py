@@ -11,6 +11,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from darkroom.convert import timestamp
 from darkroom.v1 import events_service_pb2, job_pb2
@@ -109,17 +110,19 @@ class EventLog:
 
     async def append(self, event: JobEvent) -> str:
         """Append `event` to its job's stream and return its event id."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            self.append_in(pipe, event)
+            entry_id, *_ = await pipe.execute()
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    def append_in(self, pipe: Pipeline, event: JobEvent) -> None:
+        """Add the append of `event` to `pipe` (three commands; the first replies with the
+        event id), so several events can share one round trip."""
         key = stream_key(self._prefix, event.job_id)
         is_terminal = event.WhichOneof("kind") in TERMINAL_KINDS
         ttl = self._terminal_ttl if is_terminal else self._active_ttl
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(
-                key,
-                {EVENT_FIELD: event.SerializeToString()},
-                maxlen=self._max_len,
-                approximate=True,
-            )
-            pipe.expire(key, ttl)
-            pipe.publish(notify_channel(self._prefix), event.job_id)
-            entry_id, *_ = await pipe.execute()
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        pipe.xadd(
+            key, {EVENT_FIELD: event.SerializeToString()}, maxlen=self._max_len, approximate=True
+        )
+        pipe.expire(key, ttl)
+        pipe.publish(notify_channel(self._prefix), event.job_id)

@@ -11,12 +11,31 @@ from datetime import datetime
 from typing import Any
 
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from arq.constants import (
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms, to_unix_ms
 from redis.asyncio import ConnectionPool
+from redis.asyncio.client import Pipeline
 
 from darkroom.config import Settings
 
 RUN_JOB = "run_job"
+
+# arq's `enqueue_job` (WATCH, EXISTS, then MULTI/EXEC: three round trips) as one atomic
+# script writing the same keys, payload and expiry, so that any number of enqueues can
+# share one pipeline and one round trip with the events that go with them.
+# KEYS: job key, result key, queue. ARGV: expiry (ms), payload, score (ms), arq job id.
+ENQUEUE_SCRIPT = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+return 1
+"""
 
 
 def serialize(message: dict[str, Any]) -> bytes:
@@ -66,15 +85,40 @@ class JobQueue:
     ) -> None:
         """Queue the attempt after `attempt` of a job on its model's queue.
 
-        An id that is already queued counts as done: arq answers None for it.
+        An id that is already queued (or still held by a worker) counts as done.
         """
-        await self._redis.enqueue_job(
-            RUN_JOB,
-            str(job_id),
-            attempt,
-            _job_id=self.arq_job_id(job_id, attempt),
-            _queue_name=self._settings.queue_for(model),
-            _defer_until=not_before,
+        async with self._redis.pipeline(transaction=False) as pipe:
+            self.enqueue_in(pipe, job_id, attempt, model, not_before=not_before)
+            await pipe.execute()
+
+    def enqueue_in(
+        self,
+        pipe: Pipeline,
+        job_id: uuid.UUID,
+        attempt: int,
+        model: str,
+        *,
+        not_before: datetime | None = None,
+    ) -> None:
+        """Add `enqueue` to `pipe`: the message arq's `enqueue_job` would write, atomically
+        skipped when arq already has the id; the pipeline's reply is 1 when queued, 0 not."""
+        arq_id = self.arq_job_id(job_id, attempt)
+        now_ms = timestamp_ms()
+        score = to_unix_ms(not_before) if not_before is not None else now_ms
+        expires_ms = score - now_ms + self._redis.expires_extra_ms
+        payload = serialize_job(
+            RUN_JOB, (str(job_id), attempt), {}, None, now_ms, serializer=serialize
+        )
+        pipe.eval(
+            ENQUEUE_SCRIPT,
+            3,
+            job_key_prefix + arq_id,
+            result_key_prefix + arq_id,
+            self._settings.queue_for(model),
+            str(expires_ms),
+            payload.decode(),
+            str(score),
+            arq_id,
         )
 
     async def message_state(self, job_id: uuid.UUID, attempt: int, model: str) -> str:

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, cast
 
+import psycopg
 import uuid_utils.compat as uuid_utils
-from sqlalchemy import Interval, Table, bindparam, func, select
-from sqlalchemy.dialects.postgresql import insert
+from psycopg.rows import namedtuple_row
+from sqlalchemy import Table, func, select
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from darkroom.models import JobRow, State
+from darkroom.models import JobRecord, JobRow, State
 from darkroom.transitions import Transitions
 from darkroom.validation import JobRequest
 
@@ -25,18 +32,72 @@ _INSERTED = frozenset(
 
 
 _JOBS = cast(Table, JobRow.__table__)
-_INSERT = (
-    insert(_JOBS)
-    .values(
-        {column.name: bindparam(column.name) for column in _JOBS.c if column.name in _INSERTED}
-        | {"deadline": func.now() + bindparam("queue_timeout", type_=Interval)}
+_COLUMNS = [column for column in _JOBS.c if column.name in _INSERTED]
+
+
+def _insert_many_sql() -> str:
+    """INSERT … SELECT FROM jsonb_to_recordset(one JSON array of rows): one short statement
+    whatever the batch size, parsed once and prepared by the server, whose one parameter
+    is a single `json.dumps` (a multi-row VALUES list has a text of its own per size, which
+    psycopg re-parses on every call; per-column arrays cost a Python dumper per value)."""
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    names = ", ".join(column.name for column in _COLUMNS)
+    types = ", ".join(
+        f"{column.name} {column.type.compile(dialect=dialect)}" for column in _COLUMNS
     )
-    .on_conflict_do_nothing(index_elements=["owner", "request_id"])
-    .returning(*_JOBS.c)
+    # Only our own table's names are spliced in; the rows are one bound parameter.
+    return (
+        f"INSERT INTO {_JOBS.name} ({names}, deadline) "  # noqa: S608
+        f"SELECT {names}, now() + make_interval(secs => queue_timeout_s) "
+        "FROM jsonb_to_recordset(%(batch)s::jsonb) "
+        f"AS batch({types}, queue_timeout_s DOUBLE PRECISION) "
+        "ON CONFLICT (owner, request_id) DO NOTHING "
+        f"RETURNING {_ALL}"
+    )
+
+
+_ALL = ", ".join(column.name for column in _JOBS.c)
+_INSERT_MANY = _insert_many_sql()
+_BY_REQUEST = (
+    f"SELECT {_ALL} FROM {_JOBS.name} "  # noqa: S608 - our own names only
+    "WHERE owner = %(owner)s AND request_id = %(request_id)s"
 )
-_BY_REQUEST = select(*_JOBS.c).where(
-    _JOBS.c.owner == bindparam("owner"), _JOBS.c.request_id == bindparam("request_id")
-)
+
+
+async def insert_jobs(
+    connection: psycopg.AsyncConnection[Any],
+    jobs: Sequence[tuple[str, JobRequest]],
+    max_attempts: int,
+) -> list[tuple[JobRecord, bool]]:
+    """Insert QUEUED jobs for `(owner, request)` pairs with one statement on `connection`,
+    a psycopg connection in autocommit mode (the statement is its own transaction).
+
+    Returns, in order, each job's row and whether this call created it; a request_id its
+    owner already used gets the row recorded for it. Concurrent identical submits meet on
+    the (owner, request_id) unique index: one inserts, the others wait for its commit and
+    then read its row; the same pair twice in `jobs` creates one row.
+
+    This is the submit hot path, so it talks to psycopg directly: through SQLAlchemy the
+    same statement cost about three times the CPU (greenlet hops, result metadata).
+    """
+    params = [_insert_params(owner, job, max_attempts) for owner, job in jobs]
+    cursor = connection.cursor(row_factory=namedtuple_row)
+    await cursor.execute(_INSERT_MANY, {"batch": json.dumps(params, default=str)})
+    # Named tuples: attribute access like an ORM row, at a fraction of the cost.
+    created = {row.id: row for row in cast(list[JobRecord], await cursor.fetchall())}
+    results: list[tuple[JobRecord, bool]] = []
+    for values in params:
+        row = created.get(uuid.UUID(values["id"]))
+        if row is not None:
+            results.append((row, True))
+            continue
+        # Taken already, by a committed row (ON CONFLICT waited for its transaction).
+        await cursor.execute(_BY_REQUEST, values)
+        existing = cast(JobRecord | None, await cursor.fetchone())
+        if existing is None:  # pragma: no cover - the conflict guarantees a row
+            raise RuntimeError("idempotency conflict without a row")
+        results.append((existing, False))
+    return results
 
 
 def new_job_id() -> uuid.UUID:
@@ -44,49 +105,52 @@ def new_job_id() -> uuid.UUID:
     return uuid_utils.uuid7()
 
 
+def _insert_params(owner: str, job: JobRequest, max_attempts: int) -> dict[str, Any]:
+    """One row of the insert, as JSON-ready values."""
+    return {
+        "id": str(new_job_id()),
+        "owner": owner,
+        "request_id": str(job.request_id),
+        "request_hash": job.request_hash,
+        "prompt": job.prompt,
+        "prompt_sha256": job.prompt_sha256,
+        "negative_prompt": job.negative_prompt,
+        "width": job.width,
+        "height": job.height,
+        "steps": job.steps,
+        "guidance_scale": job.guidance_scale,
+        "seed": job.seed,
+        "num_images": job.num_images,
+        "model": job.model,
+        "state": State.QUEUED.value,
+        "max_attempts": max_attempts,
+        "queue_timeout_s": job.queue_timeout.total_seconds(),
+    }
+
+
 class JobStore(Transitions):
     """The job table, seen through the operations services need: reads, submits and
     cancels here, every worker-side state change in `Transitions`."""
 
-    async def create(self, owner: str, job: JobRequest, max_attempts: int) -> tuple[JobRow, bool]:
+    async def create(
+        self, owner: str, job: JobRequest, max_attempts: int
+    ) -> tuple[JobRecord, bool]:
         """Insert a QUEUED job, or return the row already recorded for its request_id.
 
-        Returns the row and whether it was created. Concurrent identical submits meet on
-        the (owner, request_id) unique index: one inserts, the others wait for its commit
-        and read its row. This is the submit hot path, so it runs one prepared Core
-        statement rather than the ORM's insert machinery (about twice as fast).
+        Returns the row and whether it was created (see `create_many`).
         """
-        values: dict[str, Any] = {
-            "id": new_job_id(),
-            "owner": owner,
-            "request_id": job.request_id,
-            "request_hash": job.request_hash,
-            "prompt": job.prompt,
-            "prompt_sha256": job.prompt_sha256,
-            "negative_prompt": job.negative_prompt,
-            "width": job.width,
-            "height": job.height,
-            "steps": job.steps,
-            "guidance_scale": job.guidance_scale,
-            "seed": job.seed,
-            "num_images": job.num_images,
-            "model": job.model,
-            "state": State.QUEUED.value,
-            "max_attempts": max_attempts,
-            "queue_timeout": job.queue_timeout,
-        }
-        async with self._engine.begin() as connection:
-            created = (await connection.execute(_INSERT, values)).one_or_none()
-            if created is not None:
-                return JobRow(**created._mapping), True
-            existing = (
-                await connection.execute(
-                    _BY_REQUEST, {"owner": owner, "request_id": job.request_id}
-                )
-            ).one_or_none()
-            if existing is None:  # pragma: no cover - the conflict guarantees a row
-                raise RuntimeError("idempotency conflict without a row")
-            return JobRow(**existing._mapping), False
+        [result] = await self.create_many([(owner, job)], max_attempts)
+        return result
+
+    async def create_many(
+        self, jobs: Sequence[tuple[str, JobRequest]], max_attempts: int
+    ) -> list[tuple[JobRecord, bool]]:
+        """`insert_jobs` on a pooled connection (see there)."""
+        async with self._engine.connect() as connection:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            raw = await connection.get_raw_connection()
+            driver = cast(psycopg.AsyncConnection[Any], raw.driver_connection)
+            return await insert_jobs(driver, jobs, max_attempts)
 
     async def get(self, owner: str, job_id: uuid.UUID) -> JobRow | None:
         """One of `owner`'s jobs, or None (also when it belongs to someone else)."""
@@ -197,3 +261,44 @@ class JobStore(Transitions):
         )
         async with self._sessions() as session:
             return list(await session.scalars(query))
+
+
+class JobInserter:
+    """`insert_jobs` on a connection of its own, held from one batch to the next (no pool
+    checkout or liveness ping per batch), one batch at a time, and dropped after any error
+    so that the next batch starts on a fresh connection."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._connection: AsyncConnection | None = None
+        self._lock = asyncio.Lock()
+
+    async def insert(
+        self, jobs: Sequence[tuple[str, JobRequest]], max_attempts: int
+    ) -> list[tuple[JobRecord, bool]]:
+        async with self._lock:
+            if self._connection is None:
+                connection = await self._engine.connect()
+                await connection.execution_options(isolation_level="AUTOCOMMIT")
+                self._connection = connection
+            try:
+                raw = await self._connection.get_raw_connection()
+                driver = cast(psycopg.AsyncConnection[Any], raw.driver_connection)
+                return await insert_jobs(driver, jobs, max_attempts)
+            except BaseException:
+                # Broken, or stopped mid-statement: its state is unknown, never reuse it.
+                await self._drop(invalidate=True)
+                raise
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._drop(invalidate=False)
+
+    async def _drop(self, *, invalidate: bool) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        with contextlib.suppress(Exception):
+            if invalidate:
+                await connection.invalidate()
+            await connection.close()

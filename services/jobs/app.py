@@ -15,9 +15,10 @@ from darkroom.config import Settings
 from darkroom.events import EventLog
 from darkroom.server import RunningServer, create_server
 from darkroom.storage import open_storage
-from darkroom.store import JobStore
+from darkroom.store import JobInserter, JobStore
 from darkroom.v1 import jobs_service_pb2, jobs_service_pb2_grpc
 from services.jobs.servicer import JobsServicer
+from services.jobs.submits import SubmitBatcher
 
 SERVICE_NAME = jobs_service_pb2.DESCRIPTOR.services_by_name["JobsService"].full_name
 
@@ -30,6 +31,7 @@ class JobsApp:
     servicer: JobsServicer
     engine: AsyncEngine
     redis: ArqRedis
+    queue: queue.JobQueue
 
     @property
     def port(self) -> int:
@@ -38,6 +40,7 @@ class JobsApp:
     async def close(self, settings: Settings) -> None:
         """Stop serving (gracefully), then release connections."""
         await self.running.stop(settings.shutdown_grace)
+        await self.servicer.submits.close()
         await self.redis.aclose()
         # The pool was handed to ArqRedis, so closing the client does not close it.
         await self.redis.connection_pool.disconnect()
@@ -48,11 +51,20 @@ async def start(settings: Settings, address: str | None = None) -> JobsApp:
     """Start the Jobs service on `address` (default: `settings.jobs_address`)."""
     engine = db.create_engine(settings.database_url, settings.database_pool_size)
     redis = queue.connect(settings)
+    store = JobStore(engine)
+    job_queue = queue.JobQueue(redis, settings)
+    event_log = EventLog(redis, settings.key_prefix)
     servicer = JobsServicer(
         settings,
-        store=JobStore(engine),
-        queue=queue.JobQueue(redis, settings),
-        event_log=EventLog(redis, settings.key_prefix),
+        store=store,
+        event_log=event_log,
+        submits=SubmitBatcher(
+            settings,
+            inserter=JobInserter(engine),
+            queue=job_queue,
+            event_log=event_log,
+            redis=redis,
+        ),
         authenticator=Authenticator(settings.auth_tokens),
         url_for=open_storage(
             settings.storage_url,
@@ -67,4 +79,4 @@ async def start(settings: Settings, address: str | None = None) -> JobsApp:
         return [SERVICE_NAME]
 
     running = await create_server(address or settings.jobs_address, register)
-    return JobsApp(running, servicer, engine, redis)
+    return JobsApp(running, servicer, engine, redis, job_queue)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -25,12 +24,12 @@ from darkroom.errors import (
     NotFoundError,
 )
 from darkroom.events import EventLog
-from darkroom.models import JobRow, State
-from darkroom.queue import JobQueue
+from darkroom.models import JobRecord, State
 from darkroom.rpc import unary
 from darkroom.store import JobStore
 from darkroom.v1 import job_pb2, jobs_service_pb2, jobs_service_pb2_grpc
 from darkroom.validation import parse_uuid, validate_submit
+from services.jobs.submits import SubmitBatcher
 
 log = structlog.get_logger("darkroom.jobs")
 
@@ -53,19 +52,19 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
         settings: Settings,
         *,
         store: JobStore,
-        queue: JobQueue,
         event_log: EventLog,
+        submits: SubmitBatcher,
         authenticator: Authenticator,
         url_for: Callable[[str], str] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
-        self.queue = queue
         self.event_log = event_log
+        self.submits = submits
         self.authenticator = authenticator
         self.url_for = url_for
 
-    def _proto(self, row: JobRow) -> job_pb2.Job:
+    def _proto(self, row: JobRecord) -> job_pb2.Job:
         return job_to_proto(row, self.url_for)
 
     @unary("SubmitJob")
@@ -73,31 +72,14 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
         self, request: jobs_service_pb2.SubmitJobRequest, context: Context, owner: str
     ) -> jobs_service_pb2.SubmitJobResponse:
         job = validate_submit(request, self.settings)
-        row, created = await self.store.create(owner, job, self.settings.max_attempts)
+        row, created = await self.submits.submit(owner, job)
         structlog.contextvars.bind_contextvars(job_id=str(row.id))
-        if not created:
-            if row.request_hash != job.request_hash:
-                raise AlreadyExistsError(
-                    f"request_id {job.request_id} was already used for a different request",
-                    metadata={"job_id": str(row.id)},
-                )
-            return jobs_service_pb2.SubmitJobResponse(job=self._proto(row), replayed=True)
-        await self._announce(row)
-        return jobs_service_pb2.SubmitJobResponse(job=self._proto(row), replayed=False)
-
-    async def _announce(self, row: JobRow) -> None:
-        """Publish `queued` and enqueue the first attempt, best effort.
-
-        The committed row is the truth: when Redis fails here the submit still succeeds
-        and the reconciler enqueues the job later.
-        """
-        timeout = self.settings.enqueue_timeout.total_seconds()
-        try:
-            async with asyncio.timeout(timeout):
-                await self.event_log.append(events.queued(row.id, row.attempt))
-                await self.queue.enqueue(row.id, row.attempt, row.model)
-        except Exception as exc:  # noqa: BLE001 - any Redis failure is left to the reconciler
-            log.warning("enqueue_deferred", error=repr(exc))
+        if not created and row.request_hash != job.request_hash:
+            raise AlreadyExistsError(
+                f"request_id {job.request_id} was already used for a different request",
+                metadata={"job_id": str(row.id)},
+            )
+        return jobs_service_pb2.SubmitJobResponse(job=self._proto(row), replayed=not created)
 
     @unary("GetJob")
     async def GetJob(

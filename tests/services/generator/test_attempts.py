@@ -50,7 +50,7 @@ async def test_duplicate_delivery_changes_nothing(make_stack: StackFactory) -> N
     before = await stack.store.get_any(uuid.UUID(job.id))
     events_before = await stack.events(job.id)
     # The same message again, through the queue and straight into the worker.
-    await stack.jobs.servicer.queue.enqueue(uuid.UUID(job.id), 0, "tiny-sd")
+    await stack.jobs.queue.enqueue(uuid.UUID(job.id), 0, "tiny-sd")
     await stack.generator.runner.handle(job.id, 0)
     await asyncio.sleep(0.3)
     after = await stack.store.get_any(uuid.UUID(job.id))
