@@ -34,9 +34,10 @@ class Options:
     watch_clients: int = 2
     watch_channels: int = 20
     # 5. Generator overhead
-    overhead_jobs: int = 20
-    image_size: int = 128
-    image_steps: int = 20
+    overhead_jobs: int = 12
+    # (image size, denoising steps): a short job, where the fixed cost of a job shows,
+    # and a longer one, nearer the seconds a real model takes.
+    overhead_shapes: list[tuple[int, int]] = field(default_factory=lambda: [(128, 20), (256, 40)])
     # 6. Recovery
     recovery_timeout: float = 90.0
     # DARKROOM_* settings for every service of the run (experiments; recorded in the report)
@@ -78,8 +79,9 @@ def parse(argv: list[str] | None = None) -> Options:
     parser.add_argument("--watch-clients", type=int, help="client processes for the watchers")
     parser.add_argument("--watch-channels", type=int, help="gRPC channels per client process")
     parser.add_argument("--overhead-jobs", type=int, help="jobs through the whole system")
-    parser.add_argument("--image-size", type=int, help="image width and height (pixels)")
-    parser.add_argument("--image-steps", type=int, help="denoising steps per image")
+    parser.add_argument(
+        "--shapes", help="overhead job shapes as SIZExSTEPS, comma-separated (e.g. 128x20,256x40)"
+    )
     parser.add_argument("--recovery-timeout", type=float, help="most seconds to wait for a rerun")
     parser.add_argument(
         "--env",
@@ -117,8 +119,6 @@ def parse(argv: list[str] | None = None) -> Options:
         "watch_clients",
         "watch_channels",
         "overhead_jobs",
-        "image_size",
-        "image_steps",
         "recovery_timeout",
     ):
         value = getattr(args, name)
@@ -126,12 +126,24 @@ def parse(argv: list[str] | None = None) -> Options:
             if value <= 0:
                 parser.error(f"--{name.replace('_', '-')} must be positive")
             setattr(options, name, value)
+    if args.shapes:
+        options.overhead_shapes = _shapes(parser, args.shapes)
     for item in args.env:
         name, sep, value = item.partition("=")
         if not sep or not name.startswith("DARKROOM_") or name.startswith("DARKROOM_BENCH_"):
             parser.error(f"--env takes DARKROOM_NAME=VALUE, got {item!r}")
         options.overrides[name] = value
     return options
+
+
+def _shapes(parser: argparse.ArgumentParser, text: str) -> list[tuple[int, int]]:
+    shapes = []
+    for item in (part.strip() for part in text.split(",")):
+        size, sep, steps = item.partition("x")
+        if not (sep and size.isdigit() and steps.isdigit() and int(size) > 0 and int(steps) > 0):
+            parser.error(f"--shapes takes SIZExSTEPS items such as 128x20, got {item!r}")
+        shapes.append((int(size), int(steps)))
+    return shapes
 
 
 def _sections(parser: argparse.ArgumentParser, text: str) -> list[str]:

@@ -78,17 +78,19 @@ class Attempt:
         self._published_step = 0
         self._total_steps = row.steps
         self._stepped = asyncio.Event()
+        self._wake_pending = False
         self._finished = False
         self._done = asyncio.Event()
 
-    # Called on the pipeline thread after every denoising step.
+    # Called on the pipeline thread after every denoising step. It wakes the event loop
+    # only when the monitor has taken the last wake-up: a monitor that waits (for a
+    # progress token, or on a database write) is not woken again for every step.
     def on_step(self, step: int, total: int) -> bool:
-        self._loop.call_soon_threadsafe(self._record_step, step, total)
+        self._total_steps, self._latest_step = total, step
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._loop.call_soon_threadsafe(self._stepped.set)
         return not self._stop.is_set()
-
-    def _record_step(self, step: int, total: int) -> None:
-        self._latest_step, self._total_steps = step, total
-        self._stepped.set()
 
     def request_stop(self, reason: Stop) -> None:
         """Interrupt the pipeline at its next step (the first reason wins)."""
@@ -141,6 +143,8 @@ class Attempt:
             except TimeoutError:
                 pass
             self._stepped.clear()
+            # Cleared before the step is read: a step recorded after this wakes us again.
+            self._wake_pending = False
             if self._finished:
                 return
             now = time.monotonic()
@@ -195,10 +199,12 @@ class Attempt:
 
     async def run(self) -> None:
         """Run the attempt to its end; every outcome is a row transition."""
+        began = time.perf_counter()
         await self._publish(events.started(self.job_id, self.number, self.s.worker_id))
         monitor = asyncio.create_task(self._monitor())
         try:
             images = await self._generate()
+            generated = time.perf_counter()
         except PipelineWedgedError:
             await self._stop_monitor(monitor)
             await self._wedged()
@@ -239,7 +245,12 @@ class Attempt:
         if finished is None:
             log.warning("attempt_fenced", reason="a newer attempt owns the job")
             return
-        log.info("attempt_succeeded", images=len(outputs))
+        log.info(
+            "attempt_succeeded",
+            images=len(outputs),
+            generate_ms=round((generated - began) * 1000, 1),
+            total_ms=round((time.perf_counter() - began) * 1000, 1),
+        )
         await self._publish(events.terminal(job_to_proto(finished, self.s.storage.url_for)))
 
     async def _wedged(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import uuid
@@ -93,6 +94,33 @@ class Runner:
             await self.idle.wait()
 
 
+# While its one job runs, the worker looks at the queue this often (for arq's own
+# bookkeeping), not every poll delay: a loop waking 200 times a second beside a CPU
+# pipeline slows it, since a preempted thread holds up the pipeline's parallel ops.
+BUSY_POLL_SECONDS = 1.0
+
+
+class QuietWorker(Worker):
+    """arq's worker, except that it does not poll the queue while it has no free slot:
+    it waits for a job to end, then polls at once (no pickup delay after a job)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slot_freed = asyncio.Event()
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        self._slot_freed.set()
+
+    async def _poll_iteration(self) -> None:
+        if self.job_counter >= self.max_jobs:
+            self._slot_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(BUSY_POLL_SECONDS):
+                    await self._slot_freed.wait()
+        await super()._poll_iteration()
+
+
 async def run_job(ctx: dict[str, Any], job_id: str, queued_attempt: int) -> None:
     """The arq task: carries only a job id and the attempt count it was queued at."""
     runner: Runner = ctx["runner"]
@@ -176,7 +204,7 @@ async def start(settings: Settings, pipeline: pipelines.Pipeline | None = None) 
     runner = Runner(services)
     # arq only delivers: our code decides every outcome, so its retries, results and
     # timeout are switched off (the timeout is a backstop far beyond ours).
-    worker = Worker(
+    worker = QuietWorker(
         functions=[func(run_job, name=queue.RUN_JOB)],
         queue_name=settings.queue_for(settings.served_model),
         redis_pool=redis,

@@ -258,3 +258,57 @@ async def test_every_step_is_reported_for_short_jobs(make_stack: StackFactory, s
         e.progress.progress.step for e in await stack.events(job.id) if e.HasField("progress")
     ]
     assert progress == list(range(1, steps + 1))
+
+
+async def test_a_busy_worker_does_not_poll_the_queue(make_stack: StackFactory) -> None:
+    stack = await make_stack(pipeline=FakePipeline(step_seconds=0.05))
+    worker = stack.generator.worker
+    polls = 0
+    original = type(worker)._poll_iteration
+
+    async def counted(self: Any) -> None:
+        nonlocal polls
+        polls += 1
+        await original(self)
+
+    worker._poll_iteration = counted.__get__(worker)  # type: ignore[method-assign]
+    first = (await stack.caller.submit(width=64, height=64, steps=30)).job.id
+    second = (await stack.caller.submit(width=64, height=64, steps=30)).job.id
+    await stack.wait_for_event(first, "started")
+    polls_when_started = polls
+    done = await stack.wait(first)
+    # 1.5 s of steps: a worker polling every 5 ms would have looked ~300 times.
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED
+    assert polls - polls_when_started <= 4
+    # The next job starts as soon as the first ends, without waiting for a poll.
+    assert (await stack.wait(second)).state == job_pb2.JOB_STATE_SUCCEEDED
+    row = await stack.store.get_any(uuid.UUID(second))
+    first_row = await stack.store.get_any(uuid.UUID(first))
+    assert row is not None
+    assert first_row is not None
+    assert row.started_at is not None
+    assert first_row.completed_at is not None
+    assert (row.started_at - first_row.completed_at).total_seconds() < 0.5
+
+
+async def test_steps_wake_the_loop_only_when_it_is_listening(make_stack: StackFactory) -> None:
+    stack = await make_stack(pipeline=FakePipeline(step_seconds=0.001), progress_rate=5.0)
+    wakeups = 0
+    loop = asyncio.get_running_loop()
+    original = loop.call_soon_threadsafe
+
+    def counting(callback: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal wakeups
+        if getattr(callback, "__name__", "") == "set":
+            wakeups += 1
+        return original(callback, *args, **kwargs)
+
+    loop.call_soon_threadsafe = counting  # type: ignore[method-assign,assignment]
+    try:
+        job = await stack.wait((await stack.caller.submit(width=64, height=64, steps=150)).job.id)
+    finally:
+        loop.call_soon_threadsafe = original  # type: ignore[method-assign]
+    assert job.state == job_pb2.JOB_STATE_SUCCEEDED
+    assert job.progress.step == 150
+    # 150 steps, but the monitor is woken again only once it has taken the last wake-up.
+    assert 0 < wakeups < 150
