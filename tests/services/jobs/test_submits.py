@@ -4,9 +4,11 @@ each caller gets its own answer, and one bad batch does not fail its neighbours.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 import pytest
@@ -49,26 +51,37 @@ class Batching:
     redis: ArqRedis
 
 
+@contextlib.asynccontextmanager
+async def _running(
+    settings: Settings, inserter: JobInserter, **options: Any
+) -> AsyncIterator[tuple[SubmitBatcher, ArqRedis]]:
+    """A batcher on `inserter` with its own Redis client, closed (drained) on exit."""
+    arq_redis = queue.connect(settings)
+    batcher = SubmitBatcher(
+        settings,
+        inserter=inserter,
+        queue=queue.JobQueue(arq_redis, settings),
+        event_log=EventLog(arq_redis, settings.key_prefix),
+        redis=arq_redis,
+        **options,
+    )
+    try:
+        yield batcher, arq_redis
+    finally:
+        await batcher.close()
+        await arq_redis.aclose()
+        await arq_redis.connection_pool.disconnect()
+
+
 @pytest.fixture
 async def batching(
     settings: Settings, engine: AsyncEngine, request: pytest.FixtureRequest
 ) -> AsyncIterator[Batching]:
     linger = getattr(request, "param", 0.002)
     scoped = settings.model_copy(update={"key_prefix": f"{settings.key_prefix}-batch"})
-    arq_redis = queue.connect(scoped)
     inserter = CountingInserter(engine)
-    batcher = SubmitBatcher(
-        scoped,
-        inserter=inserter,
-        queue=queue.JobQueue(arq_redis, scoped),
-        event_log=EventLog(arq_redis, scoped.key_prefix),
-        redis=arq_redis,
-        linger=linger,
-    )
-    yield Batching(batcher, inserter, scoped, arq_redis)
-    await batcher.close()
-    await arq_redis.aclose()
-    await arq_redis.connection_pool.disconnect()
+    async with _running(scoped, inserter, linger=linger) as (batcher, arq_redis):
+        yield Batching(batcher, inserter, scoped, arq_redis)
 
 
 async def _announced(batching: Batching, job: JobRecord, client: redis.asyncio.Redis) -> bool:
@@ -156,25 +169,12 @@ class FailingInserter(JobInserter):
 async def _submit_together(
     settings: Settings, inserter: JobInserter, owner: str, count: int
 ) -> list[tuple[JobRecord, bool] | BaseException]:
-    arq_redis = queue.connect(settings)
-    batcher = SubmitBatcher(
-        settings,
-        inserter=inserter,
-        queue=queue.JobQueue(arq_redis, settings),
-        event_log=EventLog(arq_redis, settings.key_prefix),
-        redis=arq_redis,
-    )
-    try:
+    async with _running(settings, inserter) as (batcher, _):
         # Submitted in one go, before the writer first runs: they form one batch.
-        results = await asyncio.gather(
+        return await asyncio.gather(
             *(batcher.submit(owner, job_request(f"{owner} {index}")) for index in range(count)),
             return_exceptions=True,
         )
-    finally:
-        await batcher.close()
-        await arq_redis.aclose()
-        await arq_redis.connection_pool.disconnect()
-    return results
 
 
 async def test_a_batch_that_fails_over_its_rows_is_retried_row_by_row(
