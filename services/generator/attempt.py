@@ -32,7 +32,7 @@ from services.generator.pipeline import GenerationRequest, Pipeline, PipelineInt
 log = structlog.get_logger("darkroom.generator")
 SEED_SPACE = 2**32
 # The least time between two lease renewals while steps come in: it bounds how soon a
-# cancellation is noticed (plus one step).
+# cancellation is noticed (plus one tick of the monitor and one step).
 BEAT_EVERY = 0.25
 
 
@@ -77,19 +77,23 @@ class Attempt:
         self._latest_step = 0
         self._published_step = 0
         self._total_steps = row.steps
-        self._stepped = asyncio.Event()
-        self._wake_pending = False
+        # The progress token bucket: `progress_rate` events a second, as many in a burst.
+        self._tokens = services.settings.progress_rate
+        self._refilled = time.monotonic()
         self._finished = False
-        self._done = asyncio.Event()
+        self._wake = asyncio.Event()  # the first step, or the end of the attempt
 
-    # Called on the pipeline thread after every denoising step. It wakes the event loop
-    # only when the monitor has taken the last wake-up: a monitor that waits (for a
-    # progress token, or on a database write) is not woken again for every step.
+    # Called on the pipeline thread after every denoising step. It only records the step:
+    # the monitor looks at it on its own clock. Waking the event loop for every step cost
+    # the pipeline more than the step's event was worth (the loop's thread then takes the
+    # GIL from the pipeline's, and its Redis and database replies wake it again). The first
+    # step does wake it: that step's lease check stops an attempt that lost its job before
+    # it stores anything, and the first progress event goes out at once.
     def on_step(self, step: int, total: int) -> bool:
+        first = self._latest_step == 0
         self._total_steps, self._latest_step = total, step
-        if not self._wake_pending:
-            self._wake_pending = True
-            self._loop.call_soon_threadsafe(self._stepped.set)
+        if first:
+            self._loop.call_soon_threadsafe(self._wake.set)
         return not self._stop.is_set()
 
     def request_stop(self, reason: Stop) -> None:
@@ -98,11 +102,12 @@ class Attempt:
             self.stop_reason = reason
             self._stop.set()
 
-    async def _publish(self, event: events.JobEvent) -> None:
+    async def _publish(self, *batch: events.JobEvent) -> None:
         try:
-            await self.s.event_log.append(event)
+            await self.s.event_log.append_many(batch)
         except Exception as exc:  # noqa: BLE001 - events are best effort; the row is the truth
-            log.warning("event_publish_failed", kind=event.WhichOneof("kind"), error=repr(exc))
+            kinds = sorted({str(event.WhichOneof("kind")) for event in batch})
+            log.warning("event_publish_failed", kinds=kinds, error=repr(exc))
 
     async def _beat(self, step: int | None) -> None:
         row = await self.s.store.heartbeat(self.job_id, self.number, self.s.settings.lease, step)
@@ -111,62 +116,59 @@ class Attempt:
         elif row.cancel_requested:
             self.request_stop(Stop.CANCEL)
 
-    async def _publish_progress(self, budget: float = 1.0) -> int:
-        """Publish the steps not yet published: each one if `budget` covers them all, else
-        only the latest. Returns how many events went out."""
+    async def _publish_progress(self) -> None:
+        """Publish the steps not yet published, in one round trip: each one while the
+        token bucket covers them all, else only the latest (one token)."""
         latest, first = self._latest_step, self._published_step + 1
         if latest < first:
-            return 0
-        steps = range(first, latest + 1) if budget >= latest - first + 1 else [latest]
-        for step in steps:
-            await self._publish(events.progress(self.job_id, self.number, step, self._total_steps))
+            return
+        rate = self.s.settings.progress_rate
+        now = time.monotonic()
+        self._tokens = min(rate, self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        if self._tokens < 1:
+            return
+        steps = range(first, latest + 1) if self._tokens >= latest - first + 1 else [latest]
         self._published_step = latest
-        return len(steps)
+        self._tokens -= len(steps)
+        await self._publish(
+            *(events.progress(self.job_id, self.number, step, self._total_steps) for step in steps)
+        )
 
     async def _monitor(self) -> None:
         """Renew the lease, record and publish progress, and notice cancellation.
 
-        Progress goes out through a token bucket (`progress_rate` a second, as many in a
-        burst), so short jobs report every step and long fast ones are coalesced. The
-        database write that renews the lease, records the step and reads the cancel flag
-        happens at most every `BEAT_EVERY` (and every heartbeat interval without steps):
-        one write per step would compete with the pipeline for the CPU.
+        It wakes on a clock, `1 / progress_rate` apart (at most `BEAT_EVERY`), and on the
+        first step, not on every step. Progress goes out through a token bucket
+        (`progress_rate` a second, as many in a burst), so short jobs report every step and
+        long fast ones are coalesced. The database write that renews the lease, records the
+        step and reads the cancel flag happens at most every `BEAT_EVERY` while steps come
+        in (and every heartbeat interval without them): one write per step would compete
+        with the pipeline for the CPU.
         """
         settings = self.s.settings
-        rate = settings.progress_rate
-        tokens, refilled = rate, time.monotonic()
-        beaten = -BEAT_EVERY
+        tick = min(1 / settings.progress_rate, BEAT_EVERY)
+        # The claim has just set the lease; the first step renews it at once all the same.
+        beaten, beaten_step = time.monotonic() - BEAT_EVERY, 0
         while not self._finished:
-            try:
-                async with asyncio.timeout(settings.heartbeat_interval.total_seconds()):
-                    await self._stepped.wait()
-            except TimeoutError:
-                pass
-            self._stepped.clear()
-            # Cleared before the step is read: a step recorded after this wakes us again.
-            self._wake_pending = False
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(tick):
+                    await self._wake.wait()
+            self._wake.clear()
             if self._finished:
                 return
-            now = time.monotonic()
-            step = self._latest_step if self._latest_step > self._published_step else None
-            if step is None or now - beaten >= BEAT_EVERY:
+            now, step = time.monotonic(), self._latest_step
+            due = now - beaten >= settings.heartbeat_interval.total_seconds()
+            if due or (step > beaten_step and now - beaten >= BEAT_EVERY):
                 try:
-                    await self._beat(self._latest_step or None)
-                    beaten = now
+                    await self._beat(step or None)
+                    beaten, beaten_step = now, step
                 except Exception as exc:  # noqa: BLE001 - keep going; the lease says how long
                     log.warning("heartbeat_failed", error=repr(exc))
                     continue
                 if self.stop_reason is Stop.LOST:
                     return
-            if step is not None:
-                tokens = min(rate, tokens + (now - refilled) * rate)
-                refilled = now
-                tokens -= await self._publish_progress(tokens)
-                if tokens < 0:
-                    # Out of tokens: wait for one, unless the attempt ends first.
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(-tokens / rate):
-                            await self._done.wait()
+            await self._publish_progress()
 
     def _request(self) -> GenerationRequest:
         row = self.row
@@ -269,8 +271,7 @@ class Attempt:
     async def _stop_monitor(self, monitor: asyncio.Task[None]) -> None:
         # Let it finish its current write rather than cancel a query halfway.
         self._finished = True
-        self._done.set()
-        self._stepped.set()
+        self._wake.set()
         await monitor
 
     async def _stopped(self) -> None:

@@ -17,7 +17,7 @@ from sqlalchemy import update
 from darkroom.models import JobRow, State
 from darkroom.storage import LocalStorage
 from darkroom.v1 import job_pb2
-from services.generator.attempt import Attempt
+from services.generator.attempt import BEAT_EVERY, Attempt
 from services.generator.pipeline import FakePipeline
 from tests.services.generator.conftest import StackFactory
 
@@ -291,24 +291,39 @@ async def test_a_busy_worker_does_not_poll_the_queue(make_stack: StackFactory) -
     assert (row.started_at - first_row.completed_at).total_seconds() < 0.5
 
 
-async def test_steps_wake_the_loop_only_when_it_is_listening(make_stack: StackFactory) -> None:
-    stack = await make_stack(pipeline=FakePipeline(step_seconds=0.001), progress_rate=5.0)
-    wakeups = 0
+async def test_steps_do_not_wake_the_loop_and_beats_are_paced(make_stack: StackFactory) -> None:
+    stack = await make_stack(pipeline=FakePipeline(step_seconds=0.004), progress_rate=5.0)
+    store = stack.generator.runner.services.store
+    wakeups = beats = 0
     loop = asyncio.get_running_loop()
-    original = loop.call_soon_threadsafe
+    original_call, original_beat = loop.call_soon_threadsafe, store.heartbeat
 
     def counting(callback: Any, *args: Any, **kwargs: Any) -> Any:
         nonlocal wakeups
-        if getattr(callback, "__name__", "") == "set":
-            wakeups += 1
-        return original(callback, *args, **kwargs)
+        wakeups += 1
+        return original_call(callback, *args, **kwargs)
+
+    async def beat(*args: Any, **kwargs: Any) -> Any:
+        nonlocal beats
+        beats += 1
+        return await original_beat(*args, **kwargs)
 
     loop.call_soon_threadsafe = counting  # type: ignore[method-assign,assignment]
+    store.heartbeat = beat  # type: ignore[method-assign]
+    started = loop.time()
     try:
         job = await stack.wait((await stack.caller.submit(width=64, height=64, steps=150)).job.id)
     finally:
-        loop.call_soon_threadsafe = original  # type: ignore[method-assign]
+        loop.call_soon_threadsafe = original_call  # type: ignore[method-assign]
+        del store.heartbeat
+    elapsed = loop.time() - started
     assert job.state == job_pb2.JOB_STATE_SUCCEEDED
     assert job.progress.step == 150
-    # 150 steps, but the monitor is woken again only once it has taken the last wake-up.
-    assert 0 < wakeups < 150
+    # 150 steps, and only the first called into the loop (the other calls are the results
+    # of the pipeline, the PNG encoder and the storage coming back).
+    assert wakeups <= 6, wakeups
+    # Lease renewals: at most one every BEAT_EVERY while steps come in.
+    assert 1 <= beats <= elapsed / BEAT_EVERY + 2
+    steps = [e.progress.progress.step for e in await stack.events(job.id) if e.HasField("progress")]
+    assert steps == sorted(steps)
+    assert steps[-1] == 150
