@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -14,6 +19,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+T = TypeVar("T")
 
 
 def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
@@ -45,3 +51,42 @@ def alembic_config(url: str) -> Config:
 def migrate(url: str, revision: str = "head") -> None:
     """Upgrade the database at `url` to `revision` (blocking; call from sync code)."""
     command.upgrade(alembic_config(url), revision)
+
+
+class HeldConnection:
+    """One connection in autocommit mode (each statement its own transaction), held from
+    one use to the next: no pool checkout and no liveness ping per statement, which on a
+    hot path cost a round trip each. One user at a time; after any error the connection
+    is dropped, so the next use starts on a fresh one."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._connection: AsyncConnection | None = None
+        self._lock = asyncio.Lock()
+
+    async def run(self, use: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """`await use(connection)` on the held connection."""
+        async with self._lock:
+            if self._connection is None:
+                connection = await self._engine.connect()
+                await connection.execution_options(isolation_level="AUTOCOMMIT")
+                self._connection = connection
+            try:
+                return await use(self._connection)
+            except BaseException:
+                # Broken, or stopped mid-statement: its state is unknown, never reuse it.
+                await self._drop(invalidate=True)
+                raise
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._drop(invalidate=False)
+
+    async def _drop(self, *, invalidate: bool) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        with contextlib.suppress(Exception):
+            if invalidate:
+                await connection.invalidate()
+            await connection.close()

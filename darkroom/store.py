@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import uuid
 from collections.abc import Sequence
@@ -17,6 +15,7 @@ from sqlalchemy import Table, func, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from darkroom.db import HeldConnection
 from darkroom.models import JobRecord, JobRow, State
 from darkroom.transitions import Transitions
 from darkroom.validation import JobRequest
@@ -182,7 +181,7 @@ class JobStore(Transitions):
         async with self._sessions() as session:
             return list(await session.scalars(query))
 
-    async def cancel(self, owner: str, job_id: uuid.UUID) -> tuple[JobRow | None, bool]:
+    async def cancel(self, owner: str, job_id: uuid.UUID) -> tuple[JobRecord | None, bool]:
         """Cancel a QUEUED job at once, or ask a RUNNING one to stop.
 
         Returns the row (None if `owner` has no such job) and whether this call changed
@@ -264,41 +263,20 @@ class JobStore(Transitions):
 
 
 class JobInserter:
-    """`insert_jobs` on a connection of its own, held from one batch to the next (no pool
-    checkout or liveness ping per batch), one batch at a time, and dropped after any error
-    so that the next batch starts on a fresh connection."""
+    """`insert_jobs` on a connection of its own (see `HeldConnection`), one batch at a time."""
 
     def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-        self._connection: AsyncConnection | None = None
-        self._lock = asyncio.Lock()
+        self._held = HeldConnection(engine)
 
     async def insert(
         self, jobs: Sequence[tuple[str, JobRequest]], max_attempts: int
     ) -> list[tuple[JobRecord, bool]]:
-        async with self._lock:
-            if self._connection is None:
-                connection = await self._engine.connect()
-                await connection.execution_options(isolation_level="AUTOCOMMIT")
-                self._connection = connection
-            try:
-                raw = await self._connection.get_raw_connection()
-                driver = cast(psycopg.AsyncConnection[Any], raw.driver_connection)
-                return await insert_jobs(driver, jobs, max_attempts)
-            except BaseException:
-                # Broken, or stopped mid-statement: its state is unknown, never reuse it.
-                await self._drop(invalidate=True)
-                raise
+        async def insert(connection: AsyncConnection) -> list[tuple[JobRecord, bool]]:
+            raw = await connection.get_raw_connection()
+            driver = cast(psycopg.AsyncConnection[Any], raw.driver_connection)
+            return await insert_jobs(driver, jobs, max_attempts)
+
+        return await self._held.run(insert)
 
     async def close(self) -> None:
-        async with self._lock:
-            await self._drop(invalidate=False)
-
-    async def _drop(self, *, invalidate: bool) -> None:
-        connection, self._connection = self._connection, None
-        if connection is None:
-            return
-        with contextlib.suppress(Exception):
-            if invalidate:
-                await connection.invalidate()
-            await connection.close()
+        await self._held.close()

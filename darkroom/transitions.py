@@ -9,21 +9,36 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, case, func, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import ColumnElement, Table, case, func, update
+from sqlalchemy.engine import Result
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from darkroom.db import sessionmaker
-from darkroom.models import JobRow, State
+from darkroom.db import HeldConnection, sessionmaker
+from darkroom.models import JobRecord, JobRow, State
+
+_JOBS = cast(Table, JobRow.__table__)
 
 
 class Transitions:
-    """State changes of job rows, each one conditional."""
+    """State changes of job rows, each one conditional.
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    Each is one Core statement in autocommit mode (one round trip; no ORM objects). With
+    `hold_connection` they all go over one connection kept open between them, as a
+    generator wants for its claims and its lease renewals four times a second; otherwise
+    each takes a pooled connection.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, hold_connection: bool = False) -> None:
         self._engine = engine
         self._sessions = sessionmaker(engine)
+        self._held = HeldConnection(engine) if hold_connection else None
+
+    async def close(self) -> None:
+        """Close the held connection, if any (the engine stays the caller's)."""
+        if self._held is not None:
+            await self._held.close()
 
     async def transition(
         self,
@@ -34,34 +49,38 @@ class Transitions:
         owner: str | None = None,
         attempt: int | None = None,
         where: Sequence[ColumnElement[bool]] = (),
-    ) -> JobRow | None:
+    ) -> JobRecord | None:
         """Apply `values` only if the job is in `expected` (and at `attempt`, if given).
 
         Returns the updated row, or None when the condition did not hold: the caller lost
         a race or the message was late, and nothing changed.
         """
         states = [expected] if isinstance(expected, State) else list(expected)
-        statement = update(JobRow).where(JobRow.id == job_id, JobRow.state.in_(states))
+        statement = update(_JOBS).where(JobRow.id == job_id, JobRow.state.in_(states))
         if owner is not None:
             statement = statement.where(JobRow.owner == owner)
         if attempt is not None:
             statement = statement.where(JobRow.attempt == attempt)
         if where:
             statement = statement.where(*where)
-        statement = (
-            statement.values(**values)
-            .returning(JobRow)
-            .execution_options(synchronize_session=False)
-        )
-        async with self._sessions.begin() as session:
-            return (await session.scalars(statement)).one_or_none()
+        statement = statement.values(**values).returning(*_JOBS.c)
+
+        async def execute(connection: AsyncConnection) -> JobRecord | None:
+            result: Result[Any] = await connection.execute(statement)
+            return cast(JobRecord | None, result.one_or_none())
+
+        if self._held is not None:
+            return await self._held.run(execute)
+        async with self._engine.connect() as connection:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            return await execute(connection)
 
     # Worker-side transitions. `attempt` is always the caller's own attempt number, so a
     # stale or duplicate worker matches no row and changes nothing.
 
     async def claim(
         self, job_id: uuid.UUID, queued_attempt: int, worker_id: str, lease: timedelta
-    ) -> JobRow | None:
+    ) -> JobRecord | None:
         """QUEUED -> RUNNING as attempt `queued_attempt + 1`, leased by the database clock.
 
         None when the job is not QUEUED at `queued_attempt` or is past its deadline.
@@ -84,7 +103,7 @@ class Transitions:
 
     async def heartbeat(
         self, job_id: uuid.UUID, attempt: int, lease: timedelta, step: int | None = None
-    ) -> JobRow | None:
+    ) -> JobRecord | None:
         """Renew the lease (and record progress); None when this attempt lost the job."""
         values: dict[str, Any] = {"lease_expires_at": func.now() + lease}
         if step is not None:
@@ -98,7 +117,7 @@ class Transitions:
         outputs: list[dict[str, Any]],
         model_id: str,
         model_version: str,
-    ) -> JobRow | None:
+    ) -> JobRecord | None:
         """RUNNING -> SUCCEEDED with this attempt's outputs, only if it still holds the job."""
         return await self.transition(
             job_id,
@@ -126,7 +145,7 @@ class Transitions:
         message: str | None = None,
         *,
         lease_expired: bool = False,
-    ) -> JobRow | None:
+    ) -> JobRecord | None:
         """RUNNING -> FAILED or CANCELLED for this attempt (only once its lease expired,
         when the reconciler asks)."""
         return await self.transition(
@@ -153,7 +172,7 @@ class Transitions:
         delay: timedelta,
         refund: bool = False,
         lease_expired: bool = False,
-    ) -> JobRow | None:
+    ) -> JobRecord | None:
         """RUNNING -> QUEUED after this attempt ended without a result.
 
         A job whose owner asked to cancel goes to CANCELLED instead. With `refund`, the
@@ -181,7 +200,7 @@ class Transitions:
             where=[JobRow.lease_expires_at < func.now()] if lease_expired else (),
         )
 
-    async def expire(self, job_id: uuid.UUID, code: int, message: str) -> JobRow | None:
+    async def expire(self, job_id: uuid.UUID, code: int, message: str) -> JobRecord | None:
         """QUEUED -> FAILED for a job that did not start before its deadline."""
         return await self.transition(
             job_id,

@@ -21,7 +21,7 @@ from darkroom import events
 from darkroom.config import Settings
 from darkroom.convert import job_to_proto
 from darkroom.events import EventLog
-from darkroom.models import JobRow, State
+from darkroom.models import JobRecord, State
 from darkroom.queue import JobQueue
 from darkroom.storage import Storage
 from darkroom.store import JobStore
@@ -66,7 +66,7 @@ class Services:
 class Attempt:
     """The attempt `row.attempt` of job `row.id`, which this worker has just claimed."""
 
-    def __init__(self, services: Services, row: JobRow) -> None:
+    def __init__(self, services: Services, row: JobRecord) -> None:
         self.s = services
         self.row = row
         self.job_id: uuid.UUID = row.id

@@ -9,7 +9,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from darkroom.models import JobRow
+from darkroom.models import JobRecord
 from darkroom.storage import ObjectExistsError, Storage, sha256_hex
 
 CONTENT_TYPE = "image/png"
@@ -19,7 +19,7 @@ class LeaseLostError(Exception):
     """This attempt no longer holds the job."""
 
 
-def png_bytes(image: Image.Image, row: JobRow, seed: int, model_version: str) -> bytes:
+def png_bytes(image: Image.Image, row: JobRecord, seed: int, model_version: str) -> bytes:
     """The image as PNG with text metadata; the same pixels always give the same bytes."""
     info = PngImagePlugin.PngInfo()
     info.add_text("darkroom:prompt_sha256", row.prompt_sha256)
@@ -50,7 +50,7 @@ async def _put(
 
 async def store_images(
     storage: Storage,
-    row: JobRow,
+    row: JobRecord,
     images: list[Image.Image],
     *,
     seeds: list[int],

@@ -153,6 +153,7 @@ class Generator:
             await asyncio.gather(self.task, return_exceptions=True)
         await self.redis.aclose()
         await self.redis.connection_pool.disconnect()
+        await self.runner.services.store.close()
         await self.engine.dispose()
         self.executor.shutdown(wait=True)
 
@@ -193,7 +194,9 @@ async def start(settings: Settings, pipeline: pipelines.Pipeline | None = None) 
     )
     services = Services(
         settings=settings,
-        store=JobStore(engine),
+        # Claims, lease renewals and finishes go over one held connection: no pool
+        # checkout and liveness ping beside the pipeline, several times a second.
+        store=JobStore(engine, hold_connection=True),
         storage=storage,
         event_log=EventLog(redis, settings.key_prefix),
         queue=queue.JobQueue(redis, settings),

@@ -14,7 +14,7 @@ from darkroom import events
 from darkroom.config import Settings
 from darkroom.convert import job_to_proto
 from darkroom.events import EVENT_FIELD, TERMINAL_KINDS, EventLog, JobEvent
-from darkroom.models import JobRow, State
+from darkroom.models import JobRecord, State
 from darkroom.queue import JobQueue
 from darkroom.storage import Storage
 from darkroom.store import JobStore
@@ -68,7 +68,7 @@ class Reconciler:
         await self._terminal_events(report)
         return report
 
-    async def _publish_terminal(self, row: JobRow) -> None:
+    async def _publish_terminal(self, row: JobRecord) -> None:
         await self.event_log.append(events.terminal(job_to_proto(row, self.storage.url_for)))
 
     async def _expired_leases(self, report: Report) -> None:

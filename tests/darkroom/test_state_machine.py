@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy.exc
 from sqlalchemy import func, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from darkroom.models import State
 from darkroom.store import JobStore
@@ -99,3 +99,42 @@ async def test_updates_refresh_updated_at(store: JobStore) -> None:
     after = await store.transition(job_id, State.QUEUED, {"progress_total": 3})
     assert after is not None
     assert after.updated_at > before.updated_at
+
+
+async def _backend_pid(connection: AsyncConnection) -> int:
+    return int((await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+
+async def test_held_transitions_use_one_connection_and_survive_its_loss(
+    engine: AsyncEngine, store: JobStore
+) -> None:
+    held = JobStore(engine, hold_connection=True)
+    try:
+        job_id = await _queued(store)
+        claimed = await held.claim(job_id, 0, "w", timedelta(minutes=1))
+        assert claimed is not None
+        assert (claimed.state, claimed.attempt) == (State.RUNNING, 1)
+        assert claimed.progress_total == claimed.steps
+        connection = held._held
+        assert connection is not None
+        pids = {await connection.run(_backend_pid) for _ in range(2)}
+        for step in (1, 2, 3):
+            beat = await held.heartbeat(job_id, 1, timedelta(minutes=1), step)
+            assert beat is not None
+            assert beat.progress_step == step
+            pids.add(await connection.run(_backend_pid))
+        assert len(pids) == 1  # one backend for every statement
+        # Each statement commits on its own: another connection sees the renewal at once.
+        fresh = await store.get_any(job_id)
+        assert fresh is not None
+        assert fresh.progress_step == 3
+        # The backend dies (a database restart): one statement fails, the next reconnects.
+        async with engine.connect() as other:
+            await other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pids.pop()})
+        with pytest.raises(sqlalchemy.exc.DBAPIError):
+            await held.heartbeat(job_id, 1, timedelta(minutes=1), 4)
+        assert await held.heartbeat(job_id, 1, timedelta(minutes=1), 4) is not None
+        # A stale attempt still matches nothing.
+        assert await held.heartbeat(job_id, 0, timedelta(minutes=1)) is None
+    finally:
+        await held.close()

@@ -113,7 +113,7 @@ async def test_the_inserter_recovers_after_its_connection_dies(engine: AsyncEngi
         [(row, created)] = await inserter.insert([("inserter", job_request())], 3)
         assert created
         # Kill the inserter's own backend, as a database restart would.
-        held = inserter._connection
+        held = inserter._held._connection
         assert held is not None
         driver = (await held.get_raw_connection()).driver_connection
         assert driver is not None

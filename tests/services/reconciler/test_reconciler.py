@@ -20,7 +20,7 @@ from darkroom import db, events, queue
 from darkroom.config import Settings
 from darkroom.convert import job_to_proto
 from darkroom.events import EventLog
-from darkroom.models import JobRow, State
+from darkroom.models import JobRecord, JobRow, State
 from darkroom.storage import LocalStorage
 from darkroom.store import JobStore
 from services.reconciler.reconciler import Reconciler
@@ -68,7 +68,7 @@ class World:
             for _, fields in entries
         ]
 
-    async def claim_expired(self, row: JobRow) -> JobRow:
+    async def claim_expired(self, row: JobRecord) -> JobRecord:
         claimed = await self.store.claim(row.id, row.attempt, "dead-worker", timedelta(0))
         assert claimed is not None
         return claimed
