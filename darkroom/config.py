@@ -75,8 +75,12 @@ class Settings(BaseSettings):
     generator_device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     generator_dtype: str = Field(default="auto", pattern=r"^(auto|float32|float16|bfloat16)$")
     worker_id: str = ""  # default: hostname and pid
-    # How often an idle worker looks for work: arq's 0.5 s default costs ~250 ms a pickup.
-    worker_poll_delay: Seconds = timedelta(milliseconds=5)
+    # An idle worker blocks on its queue's wake-up list, which every enqueue pushes to, so
+    # it starts a job as soon as it is queued; it also looks at the queue every poll delay
+    # (arq's default), for messages that came without a wake-up. Without wake-ups it only
+    # polls, as plain arq does (0.5 s then costs ~250 ms a pickup).
+    worker_wakeups: bool = True
+    worker_poll_delay: Seconds = timedelta(milliseconds=500)
     lease: Seconds = timedelta(seconds=15)
     heartbeat_interval: Seconds = timedelta(seconds=5)
     progress_rate: float = Field(default=10.0, gt=0)  # progress events per second, sustained

@@ -28,14 +28,26 @@ RUN_JOB = "run_job"
 
 # arq's `enqueue_job` (WATCH, EXISTS, then MULTI/EXEC: three round trips) as one atomic
 # script writing the same keys, payload and expiry, so that any number of enqueues can
-# share one pipeline and one round trip with the events that go with them.
-# KEYS: job key, result key, queue. ARGV: expiry (ms), payload, score (ms), arq job id.
+# share one pipeline and one round trip with the events that go with them. It also pushes
+# a token on the queue's wake-up list, on which idle generators block (see `wake_key`).
+# KEYS: job key, result key, queue, wake-up list.
+# ARGV: expiry (ms), payload, score (ms), arq job id.
 ENQUEUE_SCRIPT = """
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
 redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+redis.call('LPUSH', KEYS[4], '1')
+redis.call('LTRIM', KEYS[4], 0, 63)
+redis.call('PEXPIRE', KEYS[4], 60000)
 return 1
 """
+
+
+def wake_key(queue_name: str) -> str:
+    """The wake-up list of a queue: each enqueue pushes a token, and an idle generator
+    blocks on it (BLPOP) instead of polling, so one wakes the moment work arrives. Tokens
+    are capped and expire: nobody may be listening."""
+    return f"{queue_name}:wake"
 
 
 def serialize(message: dict[str, Any]) -> bytes:
@@ -109,12 +121,14 @@ class JobQueue:
         payload = serialize_job(
             RUN_JOB, (str(job_id), attempt), {}, None, now_ms, serializer=serialize
         )
+        queue_name = self._settings.queue_for(model)
         pipe.eval(
             ENQUEUE_SCRIPT,
-            3,
+            4,
             job_key_prefix + arq_id,
             result_key_prefix + arq_id,
-            self._settings.queue_for(model),
+            queue_name,
+            wake_key(queue_name),
             str(expires_ms),
             payload.decode(),
             str(score),

@@ -16,6 +16,7 @@ import grpc
 import redis.exceptions
 import structlog
 from arq.connections import ArqRedis
+from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -98,15 +99,23 @@ class Runner:
 # bookkeeping), not every poll delay: a loop waking 200 times a second beside a CPU
 # pipeline slows it, since a preempted thread holds up the pipeline's parallel ops.
 BUSY_POLL_SECONDS = 1.0
+# The shortest wait worth blocking for (BLPOP's timeout 0 would mean "forever").
+MIN_WAIT_SECONDS = 0.001
 
 
 class QuietWorker(Worker):
-    """arq's worker, except that it does not poll the queue while it has no free slot:
-    it waits for a job to end, then polls at once (no pickup delay after a job)."""
+    """arq's worker, except that it does not poll the queue while it has no free slot (it
+    waits for a job to end, then polls at once), and, with `wakeups`, an idle one blocks on
+    the queue's wake-up list between polls instead of sleeping (see `queue.wake_key`)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, wakeups: bool = False, idle_wait: float = 0.5, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._slot_freed = asyncio.Event()
+        self._wakeups = wakeups
+        self._idle_wait = idle_wait
+        self._wake_key = queue.wake_key(self.queue_name)
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
@@ -119,6 +128,27 @@ class QuietWorker(Worker):
                 async with asyncio.timeout(BUSY_POLL_SECONDS):
                     await self._slot_freed.wait()
         await super()._poll_iteration()
+        if not self._wakeups or self.job_counter >= self.max_jobs:
+            return
+        if self.allow_pick_jobs:
+            await self._wait_for_work()
+        else:  # stopping: arq's own sleep between polls is ours to do
+            await asyncio.sleep(self._idle_wait)
+
+    async def _wait_for_work(self) -> None:
+        """Block until an enqueue pushes a wake-up, the next delayed message falls due, or
+        the poll delay passes, whichever comes first. A token pushed since the last poll is
+        still in the list, so no wake-up is lost between the poll and the wait."""
+        wait = self._idle_wait
+        now = timestamp_ms()
+        later = await self.pool.zrangebyscore(
+            self.queue_name, min=f"({now}", max="+inf", start=0, num=1, withscores=True
+        )
+        if later:
+            wait = min(wait, (later[0][1] - now) / 1000)
+        if wait >= MIN_WAIT_SECONDS:
+            # (BLPOP takes fractions of a second since Redis 6; redis-py's hints say int.)
+            await self.pool.blpop([self._wake_key], timeout=round(wait, 3))  # type: ignore[arg-type,misc]
 
 
 async def run_job(ctx: dict[str, Any], job_id: str, queued_attempt: int) -> None:
@@ -207,6 +237,7 @@ async def start(settings: Settings, pipeline: pipelines.Pipeline | None = None) 
     runner = Runner(services)
     # arq only delivers: our code decides every outcome, so its retries, results and
     # timeout are switched off (the timeout is a backstop far beyond ours).
+    poll_delay = settings.worker_poll_delay.total_seconds()
     worker = QuietWorker(
         functions=[func(run_job, name=queue.RUN_JOB)],
         queue_name=settings.queue_for(settings.served_model),
@@ -215,7 +246,10 @@ async def start(settings: Settings, pipeline: pipelines.Pipeline | None = None) 
         max_jobs=1,
         job_timeout=int((settings.job_timeout + settings.lease * 4).total_seconds()) + 60,
         keep_result=0,
-        poll_delay=settings.worker_poll_delay.total_seconds(),
+        # With wake-ups the worker's own wait stands in for arq's sleep between polls.
+        poll_delay=0 if settings.worker_wakeups else poll_delay,
+        wakeups=settings.worker_wakeups,
+        idle_wait=poll_delay,
         max_tries=1_000_000,
         retry_jobs=False,
         ctx={"runner": runner},

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import redis.asyncio
 from arq.constants import job_key_prefix
@@ -135,6 +137,10 @@ async def test_the_inserter_recovers_after_its_connection_dies(engine: AsyncEngi
         await inserter.close()
 
 
+async def _tokens(client: redis.asyncio.Redis, key: str) -> int:
+    return await cast(Awaitable[int], client.llen(key))
+
+
 async def test_enqueue_writes_what_arq_would(
     settings: Settings, redis_client: redis.asyncio.Redis
 ) -> None:
@@ -166,16 +172,25 @@ async def test_enqueue_writes_what_arq_would(
         assert await jobs.message_state(job_id, 2, "tiny-sd") == "waiting"
         score = await redis_client.zscore(scoped.queue_for("tiny-sd"), arq_id)
         assert score is not None
+        # One wake-up token for idle workers, on a list that cannot outlive its use.
+        wake = queue.wake_key(scoped.queue_for("tiny-sd"))
+        assert await _tokens(redis_client, wake) == 1
+        assert 0 < await redis_client.pttl(wake) <= 60_000
         # Queued already: a second enqueue changes nothing (arq answers None for it).
         later = datetime.now(UTC) + timedelta(hours=1)
         await jobs.enqueue(job_id, 2, "tiny-sd", not_before=later)
         assert await redis_client.zscore(scoped.queue_for("tiny-sd"), arq_id) == score
+        assert await _tokens(redis_client, wake) == 1
         # A deferred attempt is scored at its time, and kept at least until then.
         await jobs.enqueue(job_id, 3, "tiny-sd", not_before=later)
         deferred = jobs.arq_job_id(job_id, 3)
         deferred_score = await redis_client.zscore(scoped.queue_for("tiny-sd"), deferred)
         assert deferred_score == to_unix_ms(later)
         assert await redis_client.pttl(job_key_prefix + deferred) > 3_600_000
+        # Tokens nobody takes are capped.
+        for attempt in range(4, 100):
+            await jobs.enqueue(job_id, attempt, "tiny-sd")
+        assert await _tokens(redis_client, wake) == 64
     finally:
         await arq_redis.aclose()
         await arq_redis.connection_pool.disconnect()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -327,3 +327,56 @@ async def test_steps_do_not_wake_the_loop_and_beats_are_paced(make_stack: StackF
     steps = [e.progress.progress.step for e in await stack.events(job.id) if e.HasField("progress")]
     assert steps == sorted(steps)
     assert steps[-1] == 150
+
+
+async def test_an_idle_worker_is_woken_by_the_enqueue_not_its_poll(
+    make_stack: StackFactory,
+) -> None:
+    # Polling every 30 s, the worker would sit on these jobs for up to that long.
+    stack = await make_stack(
+        pipeline=FakePipeline(step_seconds=0.001), worker_poll_delay=timedelta(seconds=30)
+    )
+    worker = stack.generator.worker
+    polls = 0
+    original = type(worker)._poll_iteration
+
+    async def counted(self: Any) -> None:
+        nonlocal polls
+        polls += 1
+        await original(self)
+
+    worker._poll_iteration = counted.__get__(worker)  # type: ignore[method-assign]
+    await asyncio.sleep(0.3)  # let it settle into its wait
+    loop = asyncio.get_running_loop()
+    for _ in range(3):
+        began = loop.time()
+        job = await stack.wait((await stack.caller.submit(width=64, height=64, steps=2)).job.id)
+        assert job.state == job_pb2.JOB_STATE_SUCCEEDED
+        assert loop.time() - began < 5
+    # Idle between jobs, it blocked instead of polling.
+    polls_before = polls
+    await asyncio.sleep(1)
+    assert polls - polls_before <= 1
+
+
+async def test_a_delayed_message_is_taken_when_due_without_a_wake_up(
+    make_stack: StackFactory,
+) -> None:
+    stack = await make_stack(
+        pipeline=FakePipeline(step_seconds=0.001), worker_poll_delay=timedelta(seconds=30)
+    )
+    # Submitted for a model no worker serves, then moved by hand, delayed, to the served
+    # queue: its wake-up comes at once, long before it is due, and no other will come.
+    job = (await stack.caller.submit(model="other-model", width=64, height=64, steps=2)).job
+    queue = stack.generator.runner.services.queue
+    await queue.reset(uuid.UUID(job.id), 0, "other-model")
+    due = datetime.now(UTC) + timedelta(seconds=1)
+    await queue.enqueue(uuid.UUID(job.id), 0, stack.settings.served_model, not_before=due)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await stack.wait_for_event(job.id, "started")
+    assert loop.time() - began < 5
+    row = await stack.store.get_any(uuid.UUID(job.id))
+    assert row is not None
+    assert row.started_at is not None
+    assert row.started_at >= due - timedelta(milliseconds=50)
