@@ -116,24 +116,28 @@ class Attempt:
         elif row.cancel_requested:
             self.request_stop(Stop.CANCEL)
 
-    async def _publish_progress(self) -> None:
-        """Publish the steps not yet published, in one round trip: each one while the
-        token bucket covers them all, else only the latest (one token)."""
+    def _progress_due(self) -> list[events.JobEvent]:
+        """The progress events of the steps not yet published: each one while the token
+        bucket covers them all, else only the latest (one token)."""
         latest, first = self._latest_step, self._published_step + 1
         if latest < first:
-            return
+            return []
         rate = self.s.settings.progress_rate
         now = time.monotonic()
         self._tokens = min(rate, self._tokens + (now - self._refilled) * rate)
         self._refilled = now
         if self._tokens < 1:
-            return
+            return []
         steps = range(first, latest + 1) if self._tokens >= latest - first + 1 else [latest]
         self._published_step = latest
         self._tokens -= len(steps)
-        await self._publish(
-            *(events.progress(self.job_id, self.number, step, self._total_steps) for step in steps)
-        )
+        total = self._total_steps
+        return [events.progress(self.job_id, self.number, step, total) for step in steps]
+
+    async def _publish_progress(self) -> None:
+        """Publish the progress events due, in one round trip."""
+        if due := self._progress_due():
+            await self._publish(*due)
 
     async def _monitor(self) -> None:
         """Renew the lease, record and publish progress, and notice cancellation.
@@ -219,8 +223,9 @@ class Attempt:
         if images is None or self.stop_reason is not None:
             await self._stopped()
             return
+        # The last steps go out with the terminal event, in the same append.
+        last_steps = self._progress_due()
         try:
-            await self._publish_progress()
             outputs = await store_images(
                 self.s.storage,
                 self.row,
@@ -253,7 +258,9 @@ class Attempt:
             generate_ms=round((generated - began) * 1000, 1),
             total_ms=round((time.perf_counter() - began) * 1000, 1),
         )
-        await self._publish(events.terminal(job_to_proto(finished, self.s.storage.url_for)))
+        await self._publish(
+            *last_steps, events.terminal(job_to_proto(finished, self.s.storage.url_for))
+        )
 
     async def _wedged(self) -> None:
         """Fail the job, then end the process: its only pipeline thread is stuck for good,
