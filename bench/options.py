@@ -35,9 +35,11 @@ class Options:
     watch_channels: int = 20
     # 5. Generator overhead
     overhead_jobs: int = 12
-    # (image size, denoising steps): a short job, where the fixed cost of a job shows,
-    # and a longer one, nearer the seconds a real model takes.
-    overhead_shapes: list[tuple[int, int]] = field(default_factory=lambda: [(128, 20), (256, 40)])
+    # (image size, denoising steps): short jobs, where the fixed cost of a job shows, and
+    # a longer one (~1.5 s here), nearer the seconds a real model takes on a GPU.
+    overhead_shapes: list[tuple[int, int]] = field(
+        default_factory=lambda: [(128, 20), (256, 40), (512, 30)]
+    )
     # 6. Recovery
     recovery_timeout: float = 90.0
     # DARKROOM_* settings for every service of the run (experiments; recorded in the report)
@@ -53,6 +55,7 @@ class Options:
         self.events = 1000
         self.watchers = 1000
         self.overhead_jobs = 4
+        self.overhead_shapes = [(128, 20), (256, 40)]
         self.recovery_timeout = 60.0
 
 

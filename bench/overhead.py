@@ -38,7 +38,8 @@ from darkroom.store import JobStore
 from darkroom.v1 import job_pb2, jobs_service_pb2, jobs_service_pb2_grpc
 
 WARMUP_JOBS = 2
-ROUNDS = 2
+# More, shorter turns: the machine's speed drifts by several percent within a minute.
+ROUNDS = 4
 START_TIMEOUT_S = 300
 LABEL = (
     "bare generate() loop on one dedicated thread, same model, size and steps, in its own "
@@ -205,7 +206,8 @@ async def _shape(
     sequential_ids: list[str] = []
     meter = CpuMeter(pids)
     cpu: dict[str, float] = {}
-    per_round = [n // ROUNDS + (1 if index < n % ROUNDS else 0) for index in range(ROUNDS)]
+    rounds = min(ROUNDS, n)
+    per_round = [n // rounds + (1 if index < n % rounds else 0) for index in range(rounds)]
     for index, count in enumerate(per_round):
         ctx.say(f"overhead: round {index + 1}: {count} bare images, {count} jobs one at a time")
         # The services are frozen meanwhile: even idle, a poll loop beside a CPU pipeline
