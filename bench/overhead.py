@@ -2,9 +2,10 @@
 `succeeded` event, a generator process on the tiny diffusers model) against a bare loop
 calling the same pipeline's generate() on one dedicated thread in a process of its own.
 
-Both sides stay loaded and take turns in rounds, so that noise drifting over the minutes
-of the section hits both alike; each job shape gets its own figures, because a job's fixed
-cost (submit, pickup, PNG, storage, commits, events) weighs more the shorter the job.
+Both sides stay loaded and take turns image by image (a bare image, then a job), so that
+the machine's speed, which drifts by tens of percent within a minute here, hits both
+alike; each job shape gets its own figures, because a job's fixed cost (submit, pickup,
+PNG, storage, commits, events) weighs more the shorter the job.
 """
 
 from __future__ import annotations
@@ -38,12 +39,10 @@ from darkroom.store import JobStore
 from darkroom.v1 import job_pb2, jobs_service_pb2, jobs_service_pb2_grpc
 
 WARMUP_JOBS = 2
-# More, shorter turns: the machine's speed drifts by several percent within a minute.
-ROUNDS = 4
 START_TIMEOUT_S = 300
 LABEL = (
     "bare generate() loop on one dedicated thread, same model, size and steps, in its own "
-    f"process, taking turns with the system ({ROUNDS} rounds, the services frozen while it "
+    "process, taking turns with the system image by image (the services frozen while it "
     "runs); median image"
 )
 
@@ -206,26 +205,23 @@ async def _shape(
     sequential_ids: list[str] = []
     meter = CpuMeter(pids)
     cpu: dict[str, float] = {}
-    rounds = min(ROUNDS, n)
-    per_round = [n // rounds + (1 if index < n % rounds else 0) for index in range(rounds)]
-    for index, count in enumerate(per_round):
-        ctx.say(f"overhead: round {index + 1}: {count} bare images, {count} jobs one at a time")
+    ctx.say(f"overhead: {n} bare images and {n} jobs one at a time, taking turns")
+    for _ in range(n):
         # The services are frozen meanwhile: even idle, a poll loop beside a CPU pipeline
         # slows it (a preempted thread holds up the whole parallel op), and the bare loop
         # must not pay for the system's neighbours. It waits on its stdin in turn.
         with paused(service_pids):
-            bare += await bare_loop.images(size, steps, count)
-        meter.start()
-        for _ in range(count):
-            began = time.perf_counter()
-            job_id = await client.submit(size, steps)
-            sequential.append(await client.finished(job_id, 120 + steps) - began)
-            sequential_ids.append(job_id)
-        cpu = meter.stop()
+            bare += await bare_loop.images(size, steps, 1)
+        began = time.perf_counter()
+        job_id = await client.submit(size, steps)
+        sequential.append(await client.finished(job_id, 120 + steps) - began)
+        sequential_ids.append(job_id)
     ctx.say(f"overhead: {n} jobs submitted at once")
+    meter.start()
     began = time.perf_counter()
     backlog_ids = [await client.submit(size, steps) for _ in range(n)]
     done = [await client.finished(job_id, 120 + 10 * n * steps) for job_id in backlog_ids]
+    cpu = meter.stop()
     backlog_per_job = (max(done) - began) / n
     breakdown = await _breakdown(client.settings, sequential_ids)
     bare_p50, ours_p50 = percentile(bare, 50), percentile(sequential, 50)
@@ -235,7 +231,7 @@ async def _shape(
         "sequential_s": sequential,
         "backlog_per_job_s": backlog_per_job,
         **breakdown,
-        "cpu_cores_one_at_a_time": cpu,
+        "cpu_cores_backlog": cpu,
     }
     return [
         Figure(
@@ -249,7 +245,7 @@ async def _shape(
             note=(
                 f"fixed cost {1000 * (ours_p50 - bare_p50):.0f} ms a job; from the rows: "
                 f"queue wait {breakdown['queue_wait_p50_ms']:.1f} ms, claim → SUCCEEDED "
-                f"{breakdown['run_p50_ms']:.0f} ms (medians); CPU in the last round: "
+                f"{breakdown['run_p50_ms']:.0f} ms (medians); CPU while the backlog ran: "
                 f"{describe(cpu)}"
             ),
             details=details,
@@ -303,7 +299,7 @@ async def run(ctx: Context) -> Section:
         "services.generator` processes; each job is timed from just before SubmitJob to "
         "the moment its `succeeded` event is read from the job's stream. The bare loop is "
         f"`python -m bench.bare_loop`, after {WARMUP} warm-up images per shape; both sides "
-        f"take turns in {ROUNDS} rounds of {ctx.options.overhead_jobs // ROUNDS} or so. A "
+        "take turns image by image. A "
         "job's fixed cost is its median minus the bare median."
     )
     return section
