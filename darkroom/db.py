@@ -10,6 +10,7 @@ from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -57,26 +58,42 @@ class HeldConnection:
     """One connection in autocommit mode (each statement its own transaction), held from
     one use to the next: no pool checkout and no liveness ping per statement, which on a
     hot path cost a round trip each. One user at a time; after any error the connection
-    is dropped, so the next use starts on a fresh one."""
+    is dropped, so the next use starts on a fresh one.
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    With `retry_on_disconnect`, a use that finds the held connection dead (the database
+    restarted since the last use) runs once more on a fresh connection, as the pool's
+    liveness ping would have arranged; only for uses that may safely run twice (the
+    conditional transitions: a repeat matches nothing and changes nothing).
+    """
+
+    def __init__(self, engine: AsyncEngine, *, retry_on_disconnect: bool = False) -> None:
         self._engine = engine
         self._connection: AsyncConnection | None = None
         self._lock = asyncio.Lock()
+        self._retry = retry_on_disconnect
 
     async def run(self, use: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """`await use(connection)` on the held connection."""
         async with self._lock:
-            if self._connection is None:
-                connection = await self._engine.connect()
-                await connection.execution_options(isolation_level="AUTOCOMMIT")
-                self._connection = connection
+            reused = self._connection is not None
             try:
-                return await use(self._connection)
-            except BaseException:
-                # Broken, or stopped mid-statement: its state is unknown, never reuse it.
-                await self._drop(invalidate=True)
-                raise
+                return await self._run(use)
+            except DBAPIError as exc:
+                if not (self._retry and reused and exc.connection_invalidated):
+                    raise
+            return await self._run(use)
+
+    async def _run(self, use: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        if self._connection is None:
+            connection = await self._engine.connect()
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            self._connection = connection
+        try:
+            return await use(self._connection)
+        except BaseException:
+            # Broken, or stopped mid-statement: its state is unknown, never reuse it.
+            await self._drop(invalidate=True)
+            raise
 
     async def close(self) -> None:
         async with self._lock:

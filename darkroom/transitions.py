@@ -33,7 +33,7 @@ class Transitions:
     def __init__(self, engine: AsyncEngine, *, hold_connection: bool = False) -> None:
         self._engine = engine
         self._sessions = sessionmaker(engine)
-        self._held = HeldConnection(engine) if hold_connection else None
+        self._held = HeldConnection(engine, retry_on_disconnect=True) if hold_connection else None
 
     async def close(self) -> None:
         """Close the held connection, if any (the engine stays the caller's)."""
