@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -260,9 +261,8 @@ async def test_every_step_is_reported_for_short_jobs(make_stack: StackFactory, s
     assert progress == list(range(1, steps + 1))
 
 
-async def test_a_busy_worker_does_not_poll_the_queue(make_stack: StackFactory) -> None:
-    stack = await make_stack(pipeline=FakePipeline(step_seconds=0.05))
-    worker = stack.generator.worker
+def _count_polls(worker: Any) -> Callable[[], int]:
+    """Count the worker's poll iterations from now on; the returned function reads it."""
     polls = 0
     original = type(worker)._poll_iteration
 
@@ -271,15 +271,21 @@ async def test_a_busy_worker_does_not_poll_the_queue(make_stack: StackFactory) -
         polls += 1
         await original(self)
 
-    worker._poll_iteration = counted.__get__(worker)  # type: ignore[method-assign]
+    worker._poll_iteration = counted.__get__(worker)
+    return lambda: polls
+
+
+async def test_a_busy_worker_does_not_poll_the_queue(make_stack: StackFactory) -> None:
+    stack = await make_stack(pipeline=FakePipeline(step_seconds=0.05))
+    polls = _count_polls(stack.generator.worker)
     first = (await stack.caller.submit(width=64, height=64, steps=30)).job.id
     second = (await stack.caller.submit(width=64, height=64, steps=30)).job.id
     await stack.wait_for_event(first, "started")
-    polls_when_started = polls
+    polls_when_started = polls()
     done = await stack.wait(first)
     # 1.5 s of steps: a worker polling every 5 ms would have looked ~300 times.
     assert done.state == job_pb2.JOB_STATE_SUCCEEDED
-    assert polls - polls_when_started <= 4
+    assert polls() - polls_when_started <= 4
     # The next job starts as soon as the first ends, without waiting for a poll.
     assert (await stack.wait(second)).state == job_pb2.JOB_STATE_SUCCEEDED
     row = await stack.store.get_any(uuid.UUID(second))
@@ -336,16 +342,7 @@ async def test_an_idle_worker_is_woken_by_the_enqueue_not_its_poll(
     stack = await make_stack(
         pipeline=FakePipeline(step_seconds=0.001), worker_poll_delay=timedelta(seconds=30)
     )
-    worker = stack.generator.worker
-    polls = 0
-    original = type(worker)._poll_iteration
-
-    async def counted(self: Any) -> None:
-        nonlocal polls
-        polls += 1
-        await original(self)
-
-    worker._poll_iteration = counted.__get__(worker)  # type: ignore[method-assign]
+    polls = _count_polls(stack.generator.worker)
     await asyncio.sleep(0.3)  # let it settle into its wait
     loop = asyncio.get_running_loop()
     for _ in range(3):
@@ -354,9 +351,9 @@ async def test_an_idle_worker_is_woken_by_the_enqueue_not_its_poll(
         assert job.state == job_pb2.JOB_STATE_SUCCEEDED
         assert loop.time() - began < 5
     # Idle between jobs, it blocked instead of polling.
-    polls_before = polls
+    polls_before = polls()
     await asyncio.sleep(1)
-    assert polls - polls_before <= 1
+    assert polls() - polls_before <= 1
 
 
 async def test_a_delayed_message_is_taken_when_due_without_a_wake_up(
