@@ -7,6 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
 PROTOS := $(wildcard protos/darkroom/v1/*.proto)
+CONTRACT := $(PROTOS) protos/setup.py protos/pyproject.toml
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k submit"`.
 PYTEST_ARGS ?=
 # Extra bench arguments, e.g. `make bench BENCH_ARGS=--quick`.
@@ -17,22 +18,26 @@ BENCH_ARGS ?=
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(VENV)/.installed node_modules/.installed generate  ## Create .venv, install everything, generate code.
+install: $(VENV)/.contract node_modules/.installed  ## One .venv: the contract built from protos/, client and server editable.
 
-$(VENV)/.installed: pyproject.toml
+# The three distributions (protos/, clients/python/, this folder), client and server editable.
+# PYTHONWARNINGS quiets setuptools' notice about editable installs, which is not ours to act on.
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[generator,dev]'
+	PYTHONWARNINGS=ignore $(PY) -m pip install -q ./protos -e ./clients/python -e '.[generator,dev]'
+	touch $(VENV)/.contract $@
+
+# The contract's wheel generates darkroom.v1 from protos/ at build time; rebuild it when they change.
+$(VENV)/.contract: $(CONTRACT) | $(VENV)/.installed
+	$(PY) -m pip install -q --force-reinstall --no-deps ./protos
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --silent --no-audit --no-fund
 	touch $@
 
-generate: $(VENV)/.installed  ## Regenerate darkroom/v1 (Python + typing stubs) from protos/.
-	rm -rf darkroom/v1 && mkdir -p darkroom/v1 && touch darkroom/v1/__init__.py
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -Iprotos -Ithird_party/googleapis \
-	  --python_out=. --grpc_python_out=. --mypy_out=quiet:. --mypy_grpc_out=quiet:. $(PROTOS)
+generate: $(VENV)/.contract  ## Rebuild and reinstall darkroom.v1 (darkroom-contract) from protos/.
 
 lint: install  ## ruff, mypy --strict, buf lint, buf breaking against main.
 	$(VENV)/bin/ruff check .
@@ -46,40 +51,40 @@ test: lint  ## Lint, then every test (starts throwaway Postgres/Redis when none 
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests for: $(PYTEST_ARGS)"; [ -n "$(PYTEST_ARGS)" ]; \
 	else exit $$rc; fi
 
-bench: $(VENV)/.installed generate  ## Every figure beside its baseline: bench-results/report.{md,json}.
+bench: $(VENV)/.contract  ## Every figure beside its baseline: bench-results/report.{md,json}.
 	$(PY) -m bench $(BENCH_ARGS)
 
-bench-gpu: $(VENV)/.installed generate  ## SD 1.5-sized random pipeline on the GPU (never in CI).
+bench-gpu: $(VENV)/.contract  ## SD 1.5-sized random pipeline on the GPU (never in CI).
 	$(PY) -m bench.gpu $(BENCH_ARGS)
 
-demo: $(VENV)/.installed generate  ## Prompt in, progress bar, PNG out: the whole stack, then stop it.
-	$(PY) -m services.stack demo
+demo: $(VENV)/.contract  ## Prompt in, progress bar, PNG out: the whole stack, then stop it.
+	$(PY) -m darkroom.services.stack demo
 
-up: $(VENV)/.installed generate  ## Start the stack in the background (Jobs :50051, Events :50052).
-	$(PY) -m services.stack up
+up: $(VENV)/.contract  ## Start the stack in the background (Jobs :50051, Events :50052).
+	$(PY) -m darkroom.services.stack up
 
 down:  ## Stop what `make up` started.
-	$(PY) -m services.stack down
+	$(PY) -m darkroom.services.stack down
 
 migrate: install  ## Upgrade the database at DARKROOM_DATABASE_URL to the latest schema.
 	$(PY) -c 'from darkroom.config import load_settings; from darkroom.db import migrate; migrate(load_settings("migrate").database_url)'
 
 jobs: install  ## Run the Jobs service (settings from DARKROOM_* variables).
-	$(PY) -m services.jobs
+	$(PY) -m darkroom.services.jobs
 
 events: install  ## Run the Events service.
-	$(PY) -m services.events
+	$(PY) -m darkroom.services.events
 
 generator: install tiny-model  ## Run one Generator (DARKROOM_GENERATOR_MODEL_PATH: folder or HF id).
-	$(PY) -m services.generator
+	$(PY) -m darkroom.services.generator
 
 reconciler: install  ## Run the reconciler (requeues lost work; safe to run several).
-	$(PY) -m services.reconciler
+	$(PY) -m darkroom.services.reconciler
 
 chaos: install  ## 2,000 jobs with random worker kills and Redis flushes, then the checker's table.
 	$(PY) -m tests.faults.chaos $(CHAOS_ARGS)
 
 tiny-model: .darkroom/models/tiny-sd/model_index.json  ## Build the tiny random Stable Diffusion model.
 
-.darkroom/models/tiny-sd/model_index.json: services/generator/tiny_model.py | $(VENV)/.installed
-	$(PY) -m services.generator.tiny_model .darkroom/models/tiny-sd
+.darkroom/models/tiny-sd/model_index.json: services/generator/tiny_model.py | $(VENV)/.contract
+	$(PY) -m darkroom.services.generator.tiny_model .darkroom/models/tiny-sd

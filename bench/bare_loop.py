@@ -1,6 +1,6 @@
 """The bare loop of section 5: `python -m bench.bare_loop MODEL`.
 
-Loads the model with `services.generator.pipeline.load`, as the generator does, then
+Loads the model with `darkroom.services.generator.pipeline.load`, as the generator does, then
 reads one request a line from stdin, `SIZE STEPS IMAGES`, and answers each with a line
 `{"seconds": […]}` (one wall time per image): `generate()` called IMAGES times on one
 dedicated thread, as the generator calls it, after WARMUP images the first time a shape
@@ -15,7 +15,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from services.generator import pipeline as pipelines
+from darkroom.services.generator import pipeline as pipelines
 
 WARMUP = 2
 PROMPT = "a lighthouse at dusk"

@@ -167,8 +167,8 @@ async def run(ctx: Context) -> Section:
         ),
     ]
     section.notes.append(
-        "`python -m services.events` in its own process; the appender (`EventLog.append`, as "
-        "the generator calls it) and both clients run in the bench process. Each progress "
-        "event carries its send time in `JobEvent.time`."
+        "`python -m darkroom.services.events` in its own process; the appender "
+        "(`EventLog.append`, as the generator calls it) and both clients run in the bench "
+        "process. Each progress event carries its send time in `JobEvent.time`."
     )
     return section

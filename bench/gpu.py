@@ -51,7 +51,7 @@ def build(shape: Shape, folder: Path, device: str = "cpu") -> dict[str, Any]:
     pipeline with random weights."""
     import torch  # noqa: PLC0415 - torch only when asked
 
-    from services.generator import tiny_model  # noqa: PLC0415
+    from darkroom.services.generator import tiny_model  # noqa: PLC0415
 
     tokenizer = tiny_model.tokenizer(folder)
     with torch.device(device):
@@ -135,7 +135,7 @@ def parameters(module: Any) -> int:
 
 
 def request(size: int, steps: int, batch: int) -> Any:
-    from services.generator.pipeline import GenerationRequest  # noqa: PLC0415
+    from darkroom.services.generator.pipeline import GenerationRequest  # noqa: PLC0415
 
     return GenerationRequest(
         prompt="a lighthouse at dusk, oil on canvas",
@@ -152,7 +152,7 @@ def cpu_smoke() -> int:
     """Check the full-size configurations (on the meta device) and run a toy pipeline."""
     import torch  # noqa: PLC0415
 
-    from services.generator.pipeline import DiffusersPipeline  # noqa: PLC0415
+    from darkroom.services.generator.pipeline import DiffusersPipeline  # noqa: PLC0415
 
     ok = True
     with tempfile.TemporaryDirectory() as folder:
@@ -197,7 +197,7 @@ class Timing:
 def measure(args: argparse.Namespace) -> int:
     import torch  # noqa: PLC0415
 
-    from services.generator.pipeline import DiffusersPipeline  # noqa: PLC0415
+    from darkroom.services.generator.pipeline import DiffusersPipeline  # noqa: PLC0415
 
     if not torch.cuda.is_available():
         print(

@@ -266,7 +266,9 @@ async def run(ctx: Context) -> Section:
     section = Section("overhead", "5. Generator overhead")
     model_dir = ctx.env.workdir / "tiny-sd"
     ctx.say("overhead: building the tiny model")
-    await _python("-m", "services.generator.tiny_model", str(model_dir), limit_s=START_TIMEOUT_S)
+    await _python(
+        "-m", "darkroom.services.generator.tiny_model", str(model_dir), limit_s=START_TIMEOUT_S
+    )
     settings = ctx.env.settings(
         "overhead", generator_model_path=str(model_dir), generator_device="cpu"
     )
@@ -274,7 +276,7 @@ async def run(ctx: Context) -> Section:
     jobs, port = await start_jobs(ctx.env, settings, ctx.log_dir)
     generator: Child = await spawn(
         "generator",
-        ["-m", "services.generator"],
+        ["-m", "darkroom.services.generator"],
         ctx.env.child_env(
             settings,
             DARKROOM_GENERATOR_MODEL_PATH=str(model_dir),
@@ -294,9 +296,9 @@ async def run(ctx: Context) -> Section:
         await stop(jobs)
         await bare_loop.close()
     section.notes.append(
-        "Tiny random Stable Diffusion (`services.generator.tiny_model`), guidance "
-        f"{GUIDANCE}, CPU float32. System: `python -m services.jobs` and `python -m "
-        "services.generator` processes; each job is timed from just before SubmitJob to "
+        "Tiny random Stable Diffusion (`darkroom.services.generator.tiny_model`), guidance "
+        f"{GUIDANCE}, CPU float32. System: `python -m darkroom.services.jobs` and `python -m "
+        "darkroom.services.generator` processes; each job is timed from just before SubmitJob to "
         "the moment its `succeeded` event is read from the job's stream. The bare loop is "
         f"`python -m bench.bare_loop`, after {WARMUP} warm-up images per shape; both sides "
         "take turns image by image. A "

@@ -17,11 +17,11 @@ from bench.stats import Figure, Goal, Section, mean, percentile
 from darkroom import db, events, queue
 from darkroom.config import DEV_OWNER, Settings
 from darkroom.events import EVENT_FIELD, TERMINAL_KINDS, JobEvent
+from darkroom.services.generator.pipeline import FakePipeline
+from darkroom.services.generator.worker import start
 from darkroom.store import JobStore
 from darkroom.v1 import job_pb2, jobs_service_pb2
 from darkroom.validation import validate_submit
-from services.generator.pipeline import FakePipeline
-from services.generator.worker import start
 
 SPEC = job_pb2.JobSpec(prompt="pickup", width=64, height=64, steps=1)
 WAIT_MS = 10_000
@@ -126,9 +126,10 @@ async def run(ctx: Context) -> Section:
         ),
     ]
     section.notes.append(
-        "In-process `services.generator.worker.start` with `FakePipeline(step_seconds=0)`, one "
-        "job at a time (enqueued directly with `JobQueue.enqueue`, at a random point of the "
-        "0.5 s poll cycle). Latency: from just before the enqueue to the `time` of the `started` "
-        "event the worker publishes right after its claim commits."
+        "In-process `darkroom.services.generator.worker.start` with "
+        "`FakePipeline(step_seconds=0)`, one job at a time (enqueued directly with "
+        "`JobQueue.enqueue`, at a random point of the 0.5 s poll cycle). Latency: from just "
+        "before the enqueue to the `time` of the `started` event the worker publishes right "
+        "after its claim commits."
     )
     return section

@@ -29,7 +29,7 @@ POLL_S = 0.02
 
 def arq_rerun_seconds(settings: Settings) -> float:
     """When arq alone would rerun a killed job: the worker's arq job_timeout (as
-    services.generator.worker sets it) + arq's 10 s in-progress margin."""
+    darkroom.services.generator.worker sets it) + arq's 10 s in-progress margin."""
     job_timeout = int((settings.job_timeout + settings.lease * 4).total_seconds()) + 60
     return job_timeout + 10.0
 
@@ -37,7 +37,7 @@ def arq_rerun_seconds(settings: Settings) -> float:
 async def _generator(ctx: Context, settings: Settings, name: str) -> Child:
     return await spawn(
         name,
-        ["-m", "services.generator"],
+        ["-m", "darkroom.services.generator"],
         ctx.env.child_env(
             settings,
             DARKROOM_GENERATOR_MODEL_PATH=f"fake:?step_ms={STEP_MS}",
@@ -125,7 +125,10 @@ async def run(ctx: Context) -> Section:
         second = await _generator(ctx, settings, "generator-2")
         children.append(second)
         reconciler = await spawn(
-            "reconciler", ["-m", "services.reconciler"], ctx.env.child_env(settings), ctx.log_dir
+            "reconciler",
+            ["-m", "darkroom.services.reconciler"],
+            ctx.env.child_env(settings),
+            ctx.log_dir,
         )
         children.append(reconciler)
         timeout = ctx.options.recovery_timeout
@@ -142,8 +145,9 @@ async def run(ctx: Context) -> Section:
         await writer.connection_pool.disconnect()
         await engine.dispose()
     section.notes.append(
-        f"`python -m services.generator` processes on `fake:?step_ms={STEP_MS}` (150 steps); "
-        "after the SIGKILL a second generator and `python -m services.reconciler` start; the "
+        f"`python -m darkroom.services.generator` processes on `fake:?step_ms={STEP_MS}` "
+        "(150 steps); after the SIGKILL a second generator and "
+        "`python -m darkroom.services.reconciler` start; the "
         f"job's row is polled every {POLL_S * 1000:g} ms. Lease "
         f"{settings.lease.total_seconds():g} s, reconcile interval {_interval(settings)}"
         f"{' (--quick)' if quick else ' (the defaults)'}: the figure is about lease + interval "

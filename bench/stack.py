@@ -11,11 +11,11 @@ from darkroom.config import Settings
 
 
 async def start_jobs(env: BenchEnv, settings: Settings, log_dir: Path) -> tuple[Child, int]:
-    """`python -m services.jobs` on a free loopback port; returns it once it serves."""
+    """`python -m darkroom.services.jobs` on a free loopback port; returns it once it serves."""
     port = devservers.free_port()
     child = await spawn(
         "jobs",
-        ["-m", "services.jobs"],
+        ["-m", "darkroom.services.jobs"],
         env.child_env(settings, DARKROOM_JOBS_ADDRESS=f"127.0.0.1:{port}"),
         log_dir,
     )
@@ -26,11 +26,11 @@ async def start_jobs(env: BenchEnv, settings: Settings, log_dir: Path) -> tuple[
 async def start_events(
     env: BenchEnv, settings: Settings, log_dir: Path, name: str = "events"
 ) -> tuple[Child, int]:
-    """`python -m services.events` on a free loopback port; returns it once it serves."""
+    """`python -m darkroom.services.events` on a free loopback port; returns it once it serves."""
     port = devservers.free_port()
     child = await spawn(
         name,
-        ["-m", "services.events"],
+        ["-m", "darkroom.services.events"],
         env.child_env(settings, DARKROOM_EVENTS_ADDRESS=f"127.0.0.1:{port}"),
         log_dir,
     )

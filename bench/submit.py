@@ -186,7 +186,7 @@ async def run(ctx: Context) -> Section:
         await submitters.close()
         await stop(child)
     section.notes += [
-        f"Jobs server: `python -m services.jobs` in its own process (INFO JSON logs to a "
+        f"Jobs server: `python -m darkroom.services.jobs` in its own process (INFO JSON logs to a "
         f"file); client: grpc.aio on uvloop over {options.channels} channels in the bench "
         "process. Each SubmitJob also validates, authenticates, appends the `queued` event "
         "(XADD, EXPIRE, PUBLISH) and logs a line, which the baseline does not; under load "

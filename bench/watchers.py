@@ -1,5 +1,5 @@
 """4. Watchers: N concurrent WatchJob streams on one Events process (`python -m
-services.events`): its resident memory, its Redis connections, and the delivery of one
+darkroom.services.events`): its resident memory, its Redis connections, and the delivery of one
 event published to every watched job. Baseline: the same process, idle."""
 
 from __future__ import annotations
@@ -226,7 +226,7 @@ async def run(ctx: Context) -> Section:
     section.notes.append(
         f"{opened:,} streams ({options.watchers_per_job} per job) from "
         f"{options.watch_clients} client processes x {options.watch_channels} channels "
-        f"each, opened in {found['open_seconds']:.1f} s, on `python -m services.events` "
+        f"each, opened in {found['open_seconds']:.1f} s, on `python -m darkroom.services.events` "
         f"(pid {found['events_pid']}). Memory is VmRSS from /proc/<pid>/status; connections "
         "are CLIENT LIST entries named darkroom-events-<pid>. The events go out from "
         f"{PUBLISH_CONCURRENCY} concurrent `EventLog.append` loops; latency runs from each "

@@ -16,11 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from darkroom import db, devservers
 from darkroom.config import DEV_OWNER, DEV_TOKEN, Settings
+from darkroom.services.events.app import EventsApp
+from darkroom.services.events.app import start as start_events
+from darkroom.services.jobs.app import JobsApp, start
 from darkroom.store import JobStore
 from darkroom.v1 import jobs_service_pb2_grpc
-from services.events.app import EventsApp
-from services.events.app import start as start_events
-from services.jobs.app import JobsApp, start
 from tests.helpers import RUN_ID, Caller
 
 FORCE_THROWAWAY = os.environ.get("DARKROOM_TEST_THROWAWAY_SERVERS") == "1"

@@ -9,8 +9,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from services.events.app import EventsApp
-from services.jobs.app import JobsApp
+from darkroom.services.events.app import EventsApp
+from darkroom.services.jobs.app import JobsApp
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 GRPCURL = str(Path(sys.executable).with_name("grpcurl"))

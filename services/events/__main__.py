@@ -1,10 +1,10 @@
-"""`python -m services.events`: run the Events service until SIGTERM."""
+"""`python -m darkroom.services.events`: run the Events service until SIGTERM."""
 
 from __future__ import annotations
 
 from darkroom import process
 from darkroom.config import Settings
-from services.events.app import start
+from darkroom.services.events.app import start
 
 
 async def run(settings: Settings) -> None:

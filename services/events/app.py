@@ -14,12 +14,12 @@ from darkroom import db, events
 from darkroom.auth import Authenticator
 from darkroom.config import Settings
 from darkroom.server import RunningServer, create_server
+from darkroom.services.events.notifier import Notifier
+from darkroom.services.events.servicer import EventsServicer
+from darkroom.services.events.watch import Watch, WatchSettings
 from darkroom.storage import open_storage
 from darkroom.store import JobStore
 from darkroom.v1 import events_service_pb2, events_service_pb2_grpc
-from services.events.notifier import Notifier
-from services.events.servicer import EventsServicer
-from services.events.watch import Watch, WatchSettings
 
 SERVICE_NAME = events_service_pb2.DESCRIPTOR.services_by_name["EventsService"].full_name
 # Stream reads share this many connections, whatever the number of watchers; the

@@ -11,9 +11,9 @@ import structlog
 from darkroom.auth import Authenticator
 from darkroom.errors import InvalidArgumentError
 from darkroom.rpc import server_stream
+from darkroom.services.events.watch import Watch, parse_after
 from darkroom.v1 import events_service_pb2, events_service_pb2_grpc
 from darkroom.validation import parse_uuid
-from services.events.watch import Watch, parse_after
 
 
 class EventsServicer(events_service_pb2_grpc.EventsServiceServicer):

@@ -26,8 +26,8 @@ from darkroom.convert import job_to_proto
 from darkroom.errors import FieldViolation, InvalidArgumentError, NotFoundError, UnavailableError
 from darkroom.events import EVENT_FIELD, TERMINAL_KINDS, JobEvent
 from darkroom.models import JobRow, State
+from darkroom.services.events.notifier import Notifier
 from darkroom.store import JobStore
-from services.events.notifier import Notifier
 
 log = structlog.get_logger("darkroom.events")
 

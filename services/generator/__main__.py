@@ -1,4 +1,4 @@
-"""`python -m services.generator`: run one Generator (one per GPU) until SIGTERM."""
+"""`python -m darkroom.services.generator`: run one Generator (one per GPU) until SIGTERM."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import structlog
 
 from darkroom import process
 from darkroom.config import Settings
-from services.generator.worker import start
+from darkroom.services.generator.worker import start
 
 log = structlog.get_logger("darkroom.generator")
 

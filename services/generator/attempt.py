@@ -23,11 +23,11 @@ from darkroom.convert import job_to_proto
 from darkroom.events import EventLog
 from darkroom.models import JobRecord, State
 from darkroom.queue import JobQueue
+from darkroom.services.generator.failures import Kind, PermanentError, classify
+from darkroom.services.generator.outputs import LeaseLostError, store_images
+from darkroom.services.generator.pipeline import GenerationRequest, Pipeline, PipelineInterrupted
 from darkroom.storage import Storage
 from darkroom.store import JobStore
-from services.generator.failures import Kind, PermanentError, classify
-from services.generator.outputs import LeaseLostError, store_images
-from services.generator.pipeline import GenerationRequest, Pipeline, PipelineInterrupted
 
 log = structlog.get_logger("darkroom.generator")
 SEED_SPACE = 2**32

@@ -2,7 +2,7 @@
 
 Tests and the local stack load it through the same `from_pretrained` path a real model
 takes, so nothing is downloaded. The VAE has four down blocks, so latents are 1/8 of the
-image as in real Stable Diffusion. `python -m services.generator.tiny_model OUT_DIR`.
+image as in real Stable Diffusion. `python -m darkroom.services.generator.tiny_model OUT_DIR`.
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def build(folder: Path, seed: int = 0) -> Any:
 
 def main() -> None:
     if len(sys.argv) != 2:
-        print("usage: python -m services.generator.tiny_model OUT_DIR", file=sys.stderr)
+        print("usage: python -m darkroom.services.generator.tiny_model OUT_DIR", file=sys.stderr)
         raise SystemExit(2)
     folder = Path(sys.argv[1])
     build(folder)

@@ -24,10 +24,10 @@ from darkroom import db, events, queue
 from darkroom.config import Settings
 from darkroom.convert import job_to_proto
 from darkroom.events import EventLog
+from darkroom.services.generator import pipeline as pipelines
+from darkroom.services.generator.attempt import Attempt, Services, Stop
 from darkroom.storage import open_storage
 from darkroom.store import JobStore
-from services.generator import pipeline as pipelines
-from services.generator.attempt import Attempt, Services, Stop
 
 log = structlog.get_logger("darkroom.generator")
 

@@ -1,10 +1,10 @@
-"""`python -m services.jobs`: run the Jobs service until SIGTERM."""
+"""`python -m darkroom.services.jobs`: run the Jobs service until SIGTERM."""
 
 from __future__ import annotations
 
 from darkroom import process
 from darkroom.config import Settings
-from services.jobs.app import start
+from darkroom.services.jobs.app import start
 
 
 async def run(settings: Settings) -> None:

@@ -14,11 +14,11 @@ from darkroom.auth import Authenticator
 from darkroom.config import Settings
 from darkroom.events import EventLog
 from darkroom.server import RunningServer, create_server
+from darkroom.services.jobs.servicer import JobsServicer
+from darkroom.services.jobs.submits import SubmitBatcher
 from darkroom.storage import open_storage
 from darkroom.store import JobInserter, JobStore
 from darkroom.v1 import jobs_service_pb2, jobs_service_pb2_grpc
-from services.jobs.servicer import JobsServicer
-from services.jobs.submits import SubmitBatcher
 
 SERVICE_NAME = jobs_service_pb2.DESCRIPTOR.services_by_name["JobsService"].full_name
 

@@ -26,10 +26,10 @@ from darkroom.errors import (
 from darkroom.events import EventLog
 from darkroom.models import JobRecord, State
 from darkroom.rpc import unary
+from darkroom.services.jobs.submits import SubmitBatcher
 from darkroom.store import JobStore
 from darkroom.v1 import job_pb2, jobs_service_pb2, jobs_service_pb2_grpc
 from darkroom.validation import parse_uuid, validate_submit
-from services.jobs.submits import SubmitBatcher
 
 log = structlog.get_logger("darkroom.jobs")
 

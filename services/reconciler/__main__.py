@@ -1,4 +1,6 @@
-"""`python -m services.reconciler`: reconcile every DARKROOM_RECONCILE_INTERVAL until SIGTERM."""
+"""`python -m darkroom.services.reconciler`: reconcile every DARKROOM_RECONCILE_INTERVAL.
+
+Runs until SIGTERM."""
 
 from __future__ import annotations
 
@@ -11,9 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from darkroom import db, process, queue
 from darkroom.config import Settings
 from darkroom.events import EventLog
+from darkroom.services.reconciler.reconciler import Reconciler
 from darkroom.storage import open_storage
 from darkroom.store import JobStore
-from services.reconciler.reconciler import Reconciler
 
 log = structlog.get_logger("darkroom.reconciler")
 

@@ -1,4 +1,4 @@
-"""`python -m services.stack demo|up|down`: the whole stack on this machine.
+"""`python -m darkroom.services.stack demo|up|down`: the whole stack on this machine.
 
 demo: start Postgres and Redis if none runs, migrate, build the tiny model, start Jobs
 (50051), Events (50052), a Generator and the reconciler, generate one image through the
@@ -21,17 +21,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from darkroom.config import DEV_TOKEN
 from darkroom.db import migrate
-from services.stack import servers
+from darkroom.services.stack import servers
 
 HOME = Path(os.environ.get("DARKROOM_STACK_HOME", ".darkroom")).resolve()
 STATE = HOME / "stack.json"
 JOBS_PORT = int(os.environ.get("DARKROOM_STACK_JOBS_PORT", "50051"))
 EVENTS_PORT = int(os.environ.get("DARKROOM_STACK_EVENTS_PORT", "50052"))
 PROCESSES = {
-    "jobs": "services.jobs",
-    "events": "services.events",
-    "generator": "services.generator",
-    "reconciler": "services.reconciler",
+    "jobs": "darkroom.services.jobs",
+    "events": "darkroom.services.events",
+    "generator": "darkroom.services.generator",
+    "reconciler": "darkroom.services.reconciler",
 }
 
 
@@ -87,7 +87,7 @@ def start() -> dict[str, object]:
         and not (model / "model_index.json").exists()
     ):
         _say("building the tiny model")
-        from services.generator.tiny_model import build  # noqa: PLC0415 - imports torch
+        from darkroom.services.generator.tiny_model import build  # noqa: PLC0415 - imports torch
 
         build(model)
     env = _environment(database_url, redis_url)
@@ -166,7 +166,7 @@ def demo() -> int:
             [
                 sys.executable,
                 "-m",
-                "clients.cli",
+                "darkroom_client.cli",
                 "generate",
                 "a lighthouse at dusk, oil on canvas",
                 "--width",
@@ -200,7 +200,7 @@ def main() -> None:
     elif command == "down":
         stop()
     else:
-        print("usage: python -m services.stack demo|up|down", file=sys.stderr)
+        print("usage: python -m darkroom.services.stack demo|up|down", file=sys.stderr)
         raise SystemExit(2)
 
 

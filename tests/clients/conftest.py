@@ -23,16 +23,16 @@ import pytest
 import redis.asyncio
 from PIL import Image
 
-from clients.aio import AsyncDarkroomClient
-from clients.retry import RetryPolicy
 from darkroom.config import Settings
-from services.events.app import EventsApp
-from services.events.app import start as start_events
-from services.generator import pipeline as pipelines
-from services.generator.worker import Generator
-from services.generator.worker import start as start_generator
-from services.jobs.app import JobsApp
-from services.jobs.app import start as start_jobs
+from darkroom.services.events.app import EventsApp
+from darkroom.services.events.app import start as start_events
+from darkroom.services.generator import pipeline as pipelines
+from darkroom.services.generator.worker import Generator
+from darkroom.services.generator.worker import start as start_generator
+from darkroom.services.jobs.app import JobsApp
+from darkroom.services.jobs.app import start as start_jobs
+from darkroom_client.aio import AsyncDarkroomClient
+from darkroom_client.retry import RetryPolicy
 
 # The session's tiny diffusers model, built and loaded once (shared with the generator tests).
 from tests.services.generator.conftest import tiny_model_path, tiny_pipeline  # noqa: F401
@@ -172,7 +172,7 @@ class Stack:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "clients.cli",
+            "darkroom_client.cli",
             *args,
             env=env,
             cwd=cwd,

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from clients import cli
-from clients.progress import ProgressBar
 from darkroom import devservers
+from darkroom.services.generator import pipeline as pipelines
 from darkroom.v1 import events_service_pb2
-from services.generator import pipeline as pipelines
+from darkroom_client import cli
+from darkroom_client.progress import ProgressBar
 from tests.clients.conftest import StackFactory
 
 

@@ -7,7 +7,7 @@ import uuid
 import grpc
 import pytest
 
-from clients import (
+from darkroom_client import (
     AlreadyExists,
     DarkroomError,
     FailedPrecondition,
@@ -15,7 +15,7 @@ from clients import (
     NotFound,
     Unauthenticated,
 )
-from clients.errors import from_rpc_error
+from darkroom_client.errors import from_rpc_error
 from tests.clients.conftest import StackFactory
 
 

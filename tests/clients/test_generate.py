@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from clients import DarkroomClient, JobCancelled, JobFailed
-from clients.jobs import GenerateResult
+from darkroom.services.generator import pipeline as pipelines
 from darkroom.v1 import events_service_pb2, job_pb2
-from services.generator import pipeline as pipelines
+from darkroom_client import DarkroomClient, JobCancelled, JobFailed
+from darkroom_client.jobs import GenerateResult
 from tests.clients.conftest import GatedPipeline, StackFactory
 
 

@@ -13,7 +13,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from services.events.app import start as start_events
+from darkroom.services.events.app import start as start_events
 from tests.clients.conftest import REPO_ROOT, GatedPipeline, Stack, StackFactory
 
 
@@ -32,7 +32,7 @@ async def _events_process(stack: Stack, port: int) -> asyncio.subprocess.Process
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.events",
+        "darkroom.services.events",
         env=env,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
@@ -61,7 +61,7 @@ async def test_generate_survives_the_events_process_being_killed(
     env["PYTHONPATH"] = str(REPO_ROOT)
     out = tmp_path / "survivor.png"
     cli = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "clients.cli", "generate", "survive", "--width", "64",
+        sys.executable, "-m", "darkroom_client.cli", "generate", "survive", "--width", "64",
         "--height", "64", "--steps", "6", "-o", str(out),
         env=env, cwd=REPO_ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from clients import OutputError
-from clients.jobs import build_spec, output_paths, parse_state
-from clients.outputs import fetch_output
 from darkroom.v1 import job_pb2
+from darkroom_client import OutputError
+from darkroom_client.jobs import build_spec, output_paths, parse_state
+from darkroom_client.outputs import fetch_output
 
 PNG = b"\x89PNG\r\n\x1a\n pretend image"
 

@@ -8,17 +8,17 @@ from datetime import timedelta
 import grpc
 import pytest
 
-from clients import (
+from darkroom import devservers
+from darkroom.config import Settings
+from darkroom.services.jobs.app import start as start_jobs
+from darkroom_client import (
     AsyncDarkroomClient,
     DeadlineExceeded,
     InvalidArgument,
     RetryPolicy,
     Unavailable,
 )
-from clients.retry import IDEMPOTENT, UNAVAILABLE, with_retries
-from darkroom import devservers
-from darkroom.config import Settings
-from services.jobs.app import start as start_jobs
+from darkroom_client.retry import IDEMPOTENT, UNAVAILABLE, with_retries
 from tests.clients.conftest import FAST_RETRY, Recorder
 from tests.helpers import RUN_ID
 

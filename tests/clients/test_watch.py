@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio
 
-from clients import DarkroomClient, DeadlineExceeded
-from clients.jobs import ends_watch
 from darkroom import events
 from darkroom.v1 import events_service_pb2, job_pb2
+from darkroom_client import DarkroomClient, DeadlineExceeded
+from darkroom_client.jobs import ends_watch
 from tests.clients.conftest import GatedPipeline, Recorder, StackFactory
 
 JobEvent = events_service_pb2.JobEvent

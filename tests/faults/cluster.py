@@ -22,12 +22,12 @@ import redis.asyncio
 
 from darkroom import db, devservers
 from darkroom.config import Settings
+from darkroom.services.events.app import EventsApp
+from darkroom.services.events.app import start as start_events
+from darkroom.services.jobs.app import JobsApp
+from darkroom.services.jobs.app import start as start_jobs
 from darkroom.store import JobStore
 from darkroom.v1 import events_service_pb2, events_service_pb2_grpc, job_pb2, jobs_service_pb2_grpc
-from services.events.app import EventsApp
-from services.events.app import start as start_events
-from services.jobs.app import JobsApp
-from services.jobs.app import start as start_jobs
 from tests.conftest import create_database
 from tests.faults.checker import TERMINAL, WatchRecord
 from tests.helpers import Caller
@@ -126,11 +126,11 @@ class Cluster:
         self, pipeline: str = "fake:?step_ms=20", **extra: str
     ) -> asyncio.subprocess.Process:
         return await self.spawn(
-            "services.generator", DARKROOM_GENERATOR_MODEL_PATH=pipeline, **extra
+            "darkroom.services.generator", DARKROOM_GENERATOR_MODEL_PATH=pipeline, **extra
         )
 
     async def reconciler(self) -> asyncio.subprocess.Process:
-        return await self.spawn("services.reconciler")
+        return await self.spawn("darkroom.services.reconciler")
 
     async def submit(self, **spec: Any) -> str:
         spec.setdefault("width", 64)

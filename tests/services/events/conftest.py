@@ -17,9 +17,9 @@ from darkroom.convert import job_to_proto
 from darkroom.events import EventLog
 from darkroom.models import State
 from darkroom.queue import connect
+from darkroom.services.events.app import EventsApp
 from darkroom.store import JobStore
 from darkroom.v1 import events_service_pb2, events_service_pb2_grpc
-from services.events.app import EventsApp
 from tests.helpers import Caller
 
 JobEvent = events_service_pb2.JobEvent

@@ -17,11 +17,11 @@ from darkroom.convert import job_to_proto
 from darkroom.events import EventLog
 from darkroom.models import State
 from darkroom.queue import connect
+from darkroom.services.events.app import EventsApp
+from darkroom.services.events.app import start as start_events
+from darkroom.services.jobs.app import start as start_jobs
 from darkroom.store import JobStore
 from darkroom.v1 import events_service_pb2, events_service_pb2_grpc, job_pb2, jobs_service_pb2_grpc
-from services.events.app import EventsApp
-from services.events.app import start as start_events
-from services.jobs.app import start as start_jobs
 from tests.helpers import Caller
 from tests.services.events.conftest import metadata, next_event, read_rest
 

@@ -34,7 +34,7 @@ async def test_sigterm_ends_open_watches_with_unavailable(
         "DARKROOM_LOG_JSON": "true",
     }
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.events", env=env, stderr=asyncio.subprocess.PIPE
+        sys.executable, "-m", "darkroom.services.events", env=env, stderr=asyncio.subprocess.PIPE
     )
     job_id = (await alice.submit(prompt="process watch")).job.id
     try:

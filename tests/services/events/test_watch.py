@@ -12,8 +12,8 @@ import redis.asyncio
 
 from darkroom import events
 from darkroom.config import Settings
+from darkroom.services.events.app import EventsApp
 from darkroom.v1 import events_service_pb2, events_service_pb2_grpc, job_pb2
-from services.events.app import EventsApp
 from tests.helpers import Caller, rich_error
 from tests.services.events.conftest import Driver, collect, metadata
 

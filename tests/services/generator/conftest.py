@@ -19,14 +19,14 @@ import redis.asyncio
 
 from darkroom import events
 from darkroom.config import Settings
+from darkroom.services.generator import pipeline as pipelines
+from darkroom.services.generator import tiny_model
+from darkroom.services.generator.worker import Generator
+from darkroom.services.generator.worker import start as start_generator
+from darkroom.services.jobs.app import JobsApp
+from darkroom.services.jobs.app import start as start_jobs
 from darkroom.store import JobStore
 from darkroom.v1 import events_service_pb2, job_pb2, jobs_service_pb2_grpc
-from services.generator import pipeline as pipelines
-from services.generator import tiny_model
-from services.generator.worker import Generator
-from services.generator.worker import start as start_generator
-from services.jobs.app import JobsApp
-from services.jobs.app import start as start_jobs
 from tests.helpers import Caller
 
 TERMINAL = {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}

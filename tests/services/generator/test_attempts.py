@@ -16,10 +16,10 @@ from google.api_core import exceptions as google_errors
 from sqlalchemy import update
 
 from darkroom.models import JobRow, State
+from darkroom.services.generator.attempt import BEAT_EVERY, Attempt
+from darkroom.services.generator.pipeline import FakePipeline
 from darkroom.storage import LocalStorage
 from darkroom.v1 import job_pb2
-from services.generator.attempt import BEAT_EVERY, Attempt
-from services.generator.pipeline import FakePipeline
 from tests.services.generator.conftest import StackFactory
 
 RUNNING = {job_pb2.JOB_STATE_RUNNING}

@@ -16,9 +16,9 @@ import grpc
 import pytest
 
 from darkroom.config import Settings
+from darkroom.services.jobs.app import JobsApp
+from darkroom.services.jobs.app import start as start_jobs
 from darkroom.v1 import job_pb2, jobs_service_pb2_grpc
-from services.jobs.app import JobsApp
-from services.jobs.app import start as start_jobs
 from tests.helpers import Caller
 
 
@@ -49,7 +49,7 @@ async def _spawn(settings: Settings, model_path: str) -> asyncio.subprocess.Proc
         "DARKROOM_LOG_JSON": "true",
     }
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.generator", env=env, stderr=asyncio.subprocess.PIPE
+        sys.executable, "-m", "darkroom.services.generator", env=env, stderr=asyncio.subprocess.PIPE
     )
 
 

@@ -18,8 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from darkroom import devservers
 from darkroom.config import Settings
+from darkroom.services.jobs.app import JobsApp, start
 from darkroom.v1 import job_pb2, jobs_service_pb2_grpc
-from services.jobs.app import JobsApp, start
 from tests.helpers import Caller, rich_error
 
 GRPCURL = str(Path(sys.executable).with_name("grpcurl"))

@@ -20,9 +20,9 @@ from darkroom import events, queue
 from darkroom.config import Settings
 from darkroom.events import EventLog
 from darkroom.models import JobRecord
+from darkroom.services.jobs.submits import SubmitBatcher
 from darkroom.store import JobInserter, JobStore
 from darkroom.validation import JobRequest
-from services.jobs.submits import SubmitBatcher
 from tests.helpers import job_request
 
 Jobs = Sequence[tuple[str, JobRequest]]

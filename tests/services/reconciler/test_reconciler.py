@@ -21,9 +21,9 @@ from darkroom.config import Settings
 from darkroom.convert import job_to_proto
 from darkroom.events import EventLog
 from darkroom.models import JobRecord, JobRow, State
+from darkroom.services.reconciler.reconciler import Reconciler
 from darkroom.storage import LocalStorage
 from darkroom.store import JobStore
-from services.reconciler.reconciler import Reconciler
 from tests.conftest import create_database, drop_database
 from tests.helpers import RUN_ID, job_request
 

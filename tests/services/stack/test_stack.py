@@ -50,7 +50,7 @@ def test_up_serves_a_job_and_down_leaves_no_process(
         "DARKROOM_KEY_PREFIX": f"{settings.key_prefix}-stack",
         "DARKROOM_GENERATOR_MODEL_PATH": "fake:?step_ms=5",
     }
-    command = [sys.executable, "-m", "services.stack"]
+    command = [sys.executable, "-m", "darkroom.services.stack"]
     try:
         subprocess.run([*command, "up"], env=env, check=True, timeout=120)
         state = json.loads((tmp_path / "stack.json").read_text())

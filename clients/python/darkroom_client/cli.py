@@ -13,11 +13,11 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from clients import jobs
-from clients.aio import AsyncDarkroomClient
-from clients.errors import DarkroomError, InvalidArgument, JobCancelled, JobFailed, NotFound
-from clients.progress import ProgressBar, describe
 from darkroom.v1 import events_service_pb2, job_pb2
+from darkroom_client import jobs
+from darkroom_client.aio import AsyncDarkroomClient
+from darkroom_client.errors import DarkroomError, InvalidArgument, JobCancelled, JobFailed, NotFound
+from darkroom_client.progress import ProgressBar, describe
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1

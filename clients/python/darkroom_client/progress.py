@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from clients import jobs
 from darkroom.v1 import events_service_pb2, job_pb2
+from darkroom_client import jobs
 
 
 def bar(step: int, total: int, width: int = 24) -> str:

@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import grpc
 
-from clients.errors import from_rpc_error
+from darkroom_client.errors import from_rpc_error
 
 T = TypeVar("T")
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeAlias, TypedDict
 
-from clients.errors import JobCancelled, JobFailed
 from darkroom.v1 import events_service_pb2, job_pb2
+from darkroom_client.errors import JobCancelled, JobFailed
 
 Job = job_pb2.Job
 JobEvent = events_service_pb2.JobEvent

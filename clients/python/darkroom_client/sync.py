@@ -15,11 +15,11 @@ from typing import Any, Self, TypeVar, Unpack
 
 import grpc
 
-from clients import jobs
-from clients.aio import DEFAULT_TIMEOUT, AsyncDarkroomClient, EventCallback
-from clients.outputs import fetch_outputs
-from clients.retry import DEFAULT_RETRY, DEFAULT_WATCH_RETRY, RetryPolicy
 from darkroom.v1 import events_service_pb2, job_pb2, jobs_service_pb2
+from darkroom_client import jobs
+from darkroom_client.aio import DEFAULT_TIMEOUT, AsyncDarkroomClient, EventCallback
+from darkroom_client.outputs import fetch_outputs
+from darkroom_client.retry import DEFAULT_RETRY, DEFAULT_WATCH_RETRY, RetryPolicy
 
 T = TypeVar("T")
 

@@ -17,23 +17,23 @@ from typing import Self, Unpack
 
 import grpc
 
-from clients import jobs
-from clients.errors import DeadlineExceeded, Unavailable, from_rpc_error
-from clients.outputs import fetch_outputs
-from clients.retry import (
-    DEFAULT_RETRY,
-    DEFAULT_WATCH_RETRY,
-    IDEMPOTENT,
-    UNAVAILABLE,
-    RetryPolicy,
-    with_retries,
-)
 from darkroom.v1 import (
     events_service_pb2,
     events_service_pb2_grpc,
     job_pb2,
     jobs_service_pb2,
     jobs_service_pb2_grpc,
+)
+from darkroom_client import jobs
+from darkroom_client.errors import DeadlineExceeded, Unavailable, from_rpc_error
+from darkroom_client.outputs import fetch_outputs
+from darkroom_client.retry import (
+    DEFAULT_RETRY,
+    DEFAULT_WATCH_RETRY,
+    IDEMPOTENT,
+    UNAVAILABLE,
+    RetryPolicy,
+    with_retries,
 )
 
 DEFAULT_JOBS_TARGET = "localhost:50051"

@@ -8,8 +8,8 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from clients.errors import OutputError
 from darkroom.v1 import job_pb2
+from darkroom_client.errors import OutputError
 
 
 def _read_url(url: str, timeout: float) -> bytes:

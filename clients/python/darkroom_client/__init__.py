@@ -6,8 +6,8 @@ and watch jobs, and `generate` images in one call; failures are typed `DarkroomE
 
 from __future__ import annotations
 
-from clients.aio import AsyncDarkroomClient
-from clients.errors import (
+from darkroom_client.aio import AsyncDarkroomClient
+from darkroom_client.errors import (
     AlreadyExists,
     DarkroomError,
     DeadlineExceeded,
@@ -23,9 +23,9 @@ from clients.errors import (
     Unauthenticated,
     Unavailable,
 )
-from clients.jobs import GenerateResult, SpecFields
-from clients.retry import RetryPolicy
-from clients.sync import DarkroomClient
+from darkroom_client.jobs import GenerateResult, SpecFields
+from darkroom_client.retry import RetryPolicy
+from darkroom_client.sync import DarkroomClient
 
 __all__ = [
     "AlreadyExists",
