@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -12,6 +13,7 @@ import uvloop
 
 from darkroom import logs
 from darkroom.config import Settings, load_settings
+from darkroom.server import ListenError
 
 log = structlog.get_logger("darkroom.server")
 
@@ -44,4 +46,8 @@ def main(program: str, run: Callable[[Settings], Coroutine[Any, Any, None]]) -> 
     settings = load_settings(program)
     logs.configure(settings.log_level, settings.log_json)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(run(settings))
+        try:
+            runner.run(run(settings))
+        except ListenError as exc:
+            print(f"{program}: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None

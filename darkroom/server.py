@@ -27,7 +27,14 @@ SERVER_OPTIONS: Sequence[tuple[str, int]] = (
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
+    # gRPC sets SO_REUSEPORT by default: a second server on a taken port would start
+    # silently and the kernel would split connections between the two.
+    ("grpc.so_reuseport", 0),
 )
+
+
+class ListenError(OSError):
+    """The server cannot listen on its address (the port is taken, or not ours to bind)."""
 
 
 @dataclass
@@ -56,11 +63,22 @@ async def create_server(
     reflection.enable_server_reflection(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpc's way of saying the bind failed
+        raise ListenError(_cannot_listen(address)) from exc
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
+        raise ListenError(_cannot_listen(address))
     await server.start()
     for name in ["", *service_names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("server_started", address=address, port=port, services=service_names)
     return RunningServer(server, port, health_servicer, service_names)
+
+
+def _cannot_listen(address: str) -> str:
+    port = address.rpartition(":")[2]
+    return (
+        f"cannot listen on {address}: port {port} is in use (another Darkroom stack?) "
+        "or the address is not on this machine"
+    )

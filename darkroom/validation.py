@@ -27,6 +27,11 @@ QUEUE_TIMEOUT_MIN, QUEUE_TIMEOUT_MAX = timedelta(seconds=1), timedelta(hours=24)
 # Bidirectional controls reorder how text displays without changing it ("Trojan Source");
 # a prompt never needs them. Zero-width joiners stay allowed: emoji and scripts use them.
 BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Nothing a person could see: separators and spaces (Z*), format characters such as
+# zero-width spaces and joiners (Cf), combining marks (M*), and the blank letters that
+# Unicode classes as letters or symbols (Hangul fillers, the blank Braille pattern).
+INVISIBLE_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cf", "Cc", "Mn", "Mc", "Me"})
+BLANK_CHARACTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 
 @dataclass(frozen=True)
@@ -51,10 +56,22 @@ class JobRequest:
         return hashlib.sha256(self.prompt.encode()).hexdigest()
 
 
+def _visible(char: str) -> bool:
+    return unicodedata.category(char) not in INVISIBLE_CATEGORIES and char not in BLANK_CHARACTERS
+
+
 def _text(field: str, value: str, *, required: bool) -> list[FieldViolation]:
     if not value:
         return [FieldViolation(field, "is required")] if required else []
     problems = []
+    if required and not any(_visible(char) for char in value):
+        problems.append(
+            FieldViolation(
+                field,
+                "must contain a visible character (it has only spaces, zero-width or "
+                "combining characters)",
+            )
+        )
     if len(value) > PROMPT_MAX_CHARS:
         problems.append(
             FieldViolation(

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -51,7 +52,7 @@ async def test_serves_then_stops_gracefully_on_sigterm(settings: Settings) -> No
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.jobs",
+        "darkroom.services.jobs",
         env=_env(settings, port),
         stderr=asyncio.subprocess.PIPE,
     )
@@ -91,7 +92,7 @@ def test_bad_setting_fails_at_start_naming_it(
     settings: Settings, variable: str, value: str
 ) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "services.jobs"],
+        [sys.executable, "-m", "darkroom.services.jobs"],
         env=_env(settings, devservers.free_port(), **{variable: value}),
         capture_output=True,
         text=True,
@@ -102,3 +103,29 @@ def test_bad_setting_fails_at_start_naming_it(
     assert "invalid configuration" in result.stderr
     assert variable in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_a_taken_port_fails_at_start_naming_it(settings: Settings) -> None:
+    # The holder sets SO_REUSEPORT, as another gRPC server does by default: a server that
+    # also set it would bind beside it silently and share its connections.
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "darkroom.services.jobs",
+            env=_env(settings, port),
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(60):
+            _, stderr = await process.communicate()
+    finally:
+        holder.close()
+    assert process.returncode == 1
+    message = stderr.decode().strip().splitlines()[-1]
+    assert message.startswith(f"darkroom-jobs: cannot listen on 127.0.0.1:{port}: port {port}")
+    assert "Traceback" not in stderr.decode()

@@ -121,6 +121,12 @@ async def test_unicode_prompts_round_trip_byte_exact(
 
 INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("empty prompt", {"prompt": ""}, "spec.prompt"),
+    ("spaces only", {"prompt": "   "}, "spec.prompt"),
+    ("newlines and tabs only", {"prompt": "\n\t\n"}, "spec.prompt"),
+    ("no-break and ideographic spaces", {"prompt": "\u00a0\u3000\u2003"}, "spec.prompt"),
+    ("zero-width only", {"prompt": "\u200b\u200c\u200d\u2060\ufeff"}, "spec.prompt"),
+    ("combining marks only", {"prompt": "\u0301\u0308\u20dd"}, "spec.prompt"),
+    ("hangul filler", {"prompt": "\u3164 \u3164"}, "spec.prompt"),
     ("10 KB prompt", {"prompt": "a" * 10_000}, "spec.prompt"),
     ("1 MB prompt", {"prompt": "a" * 1_000_000}, "spec.prompt"),
     ("2,001 characters", {"prompt": "é" * 2001}, "spec.prompt"),
