@@ -26,9 +26,21 @@ async def test_invalid_input_lists_every_bad_field(make_stack: StackFactory) -> 
     error = raised.value
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
     assert error.reason == "INVALID_ARGUMENT"
-    assert set(error.violations) == {"spec.prompt", "spec.width", "spec.steps"}
-    assert "multiple of 8" in error.violations["spec.width"]
+    assert set(error.fields) == {"spec.prompt", "spec.width", "spec.steps"}
+    assert [v.field for v in error.violations] == ["spec.prompt", "spec.width", "spec.steps"]
+    assert "multiple of 8" in error.fields["spec.width"][0]
     assert "spec.width" in str(error)
+
+
+async def test_several_violations_of_one_field_are_all_kept(make_stack: StackFactory) -> None:
+    stack = await make_stack(generator=False)
+    with pytest.raises(InvalidArgument) as raised:
+        await stack.client().submit("a\x00" * 1_500, width=64, height=64)
+    descriptions = raised.value.fields["spec.prompt"]
+    assert len(descriptions) == 2, raised.value.violations
+    assert "at most 2,000 characters" in descriptions[0]
+    assert "U+0000" in descriptions[1]
+    assert str(raised.value).count("spec.prompt:") == 2
 
 
 async def test_another_owners_job_is_not_found(make_stack: StackFactory) -> None:

@@ -51,6 +51,7 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
 )
 
 EventCallback = Callable[[events_service_pb2.JobEvent], object]
+JobCallback = Callable[[job_pb2.Job], object]
 
 
 def jobs_target_from_env() -> str:
@@ -349,6 +350,7 @@ class AsyncDarkroomClient:
         prompt: str,
         *,
         on_event: EventCallback | None = None,
+        on_submitted: JobCallback | None = None,
         request_id: str | None = None,
         queue_timeout: float | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the gRPC deadline
@@ -358,12 +360,15 @@ class AsyncDarkroomClient:
 
         Returns the final job and each output's PNG bytes; raises `JobFailed` or
         `JobCancelled` (with the final job) when the job does not succeed, and
-        `OutputError` when an image cannot be fetched. `on_event` gets every event.
+        `OutputError` when an image cannot be fetched. `on_submitted` gets the job as soon
+        as it is accepted (before it runs), `on_event` every event.
         `timeout` is the deadline of each unary call.
         """
         job = await self.submit(
             prompt, request_id=request_id, queue_timeout=queue_timeout, timeout=timeout, **spec
         )
+        if on_submitted is not None:
+            on_submitted(job)
         job = jobs.check_outcome(await self.wait(job.id, on_event=on_event))
         images = await asyncio.to_thread(fetch_outputs, job)
         return jobs.GenerateResult(job, images)
@@ -375,4 +380,5 @@ __all__ = [
     "DEV_TOKEN",
     "AsyncDarkroomClient",
     "EventCallback",
+    "JobCallback",
 ]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -16,8 +19,16 @@ from google.protobuf.message import Message
 from darkroom.v1 import events_service_pb2, job_pb2
 from darkroom_client import jobs
 from darkroom_client.aio import AsyncDarkroomClient
-from darkroom_client.errors import DarkroomError, InvalidArgument, JobCancelled, JobFailed, NotFound
-from darkroom_client.progress import ProgressBar, describe
+from darkroom_client.errors import (
+    DarkroomError,
+    FailedPrecondition,
+    InvalidArgument,
+    JobCancelled,
+    JobEnded,
+    JobFailed,
+    NotFound,
+)
+from darkroom_client.progress import describe, reporter
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
@@ -25,7 +36,11 @@ EXIT_USAGE = 2
 EXIT_JOB_CANCELLED = 3
 EXIT_ERROR = 4
 EXIT_NOT_FOUND = 5
+EXIT_JOB_STATE = 6
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+
+T = TypeVar("T")
 
 EPILOG = """\
 exit codes:
@@ -35,6 +50,10 @@ exit codes:
   3  the job was cancelled
   4  server or connection error (unavailable, deadline exceeded, unauthenticated, ...)
   5  no such job (or it belongs to someone else)
+  6  the job's state does not allow it (e.g. cancelling a job that already finished)
+  130  interrupted by Ctrl-C (generate cancels its job first; --detach or a second
+       Ctrl-C leaves it running)
+  141  the output was closed early (e.g. `darkroom list | head -1`)
 
 environment:
   DARKROOM_JOBS_TARGET    Jobs service address (default localhost:50051)
@@ -53,6 +72,8 @@ def exit_code(error: BaseException) -> int:
         return EXIT_NOT_FOUND
     if isinstance(error, InvalidArgument):
         return EXIT_USAGE
+    if isinstance(error, FailedPrecondition):
+        return EXIT_JOB_STATE
     return EXIT_ERROR
 
 
@@ -148,7 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to save the PNG (default JOB_ID.png); several images go to "
         "out-0.png, out-1.png, ... for -o out.png",
     )
-    generate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    generate.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress and no job id on stderr"
+    )
+    generate.add_argument(
+        "--detach",
+        action="store_true",
+        help="on Ctrl-C, stop waiting but leave the job running (default: cancel it)",
+    )
 
     submit = command("submit", "submit a prompt and print the job id without waiting")
     _spec_flags(submit)
@@ -216,20 +244,65 @@ def _spec(args: argparse.Namespace) -> jobs.SpecFields:
     return spec
 
 
-async def _generate(client: AsyncDarkroomClient, args: argparse.Namespace) -> int:
-    progress = ProgressBar(sys.stderr)
+def _say(message: str) -> None:
+    print(f"darkroom: {message}", file=sys.stderr, flush=True)
+
+
+def _left_running(job_id: str) -> None:
+    _say(f"left job {job_id} running; follow it with: darkroom watch {job_id}")
+
+
+async def _unless_interrupted(task: asyncio.Future[T], interrupted: asyncio.Event) -> bool:
+    """Wait for `task`, or for Ctrl-C: then cancel `task` and return True."""
+    waiter = asyncio.ensure_future(interrupted.wait())
+    pending: set[asyncio.Future[Any]] = {task, waiter}
     try:
-        result = await client.generate(
-            args.prompt,
-            on_event=None if args.quiet else progress,
-            queue_timeout=args.queue_timeout,
-            **_spec(args),
+        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if task.done():
+        return False
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, DarkroomError):
+        await task
+    return True
+
+
+async def _generate(client: AsyncDarkroomClient, args: argparse.Namespace) -> int:
+    progress = None if args.quiet else reporter(sys.stderr)
+    accepted: list[job_pb2.Job] = []
+
+    def on_submitted(job: job_pb2.Job) -> None:
+        accepted.append(job)
+        if not args.quiet:
+            then = "stops watching and leaves it running" if args.detach else "cancels it"
+            _say(f"job {job.id} accepted (Ctrl-C {then})")
+
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, interrupted.set)
+    try:
+        task = asyncio.ensure_future(
+            client.generate(
+                args.prompt,
+                on_event=progress,
+                on_submitted=on_submitted,
+                queue_timeout=args.queue_timeout,
+                **_spec(args),
+            )
         )
-    except (DarkroomError, JobFailed, JobCancelled):
-        progress.finish()
-        raise
+        try:
+            stopped = await _unless_interrupted(task, interrupted)
+        finally:
+            if progress is not None:
+                progress.finish()
+        if stopped:
+            return await _interrupted(client, args, accepted, interrupted)
+        result = task.result()
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
     paths = result.save(args.output or Path(f"{result.job.id}.png"))
-    if not args.quiet:
+    if progress is not None:
         progress.finish(f"saved {len(paths)} image(s)")
     if args.json:
         _print_json(
@@ -239,6 +312,39 @@ async def _generate(client: AsyncDarkroomClient, args: argparse.Namespace) -> in
         for path in paths:
             print(path, flush=True)
     return EXIT_OK
+
+
+async def _interrupted(
+    client: AsyncDarkroomClient,
+    args: argparse.Namespace,
+    accepted: list[job_pb2.Job],
+    interrupted: asyncio.Event,
+) -> int:
+    """After Ctrl-C in `generate`: cancel the job, unless --detach or a second Ctrl-C."""
+    if not accepted:
+        _say("interrupted before the job was accepted; `darkroom list` shows it if it was")
+        return EXIT_INTERRUPTED
+    job_id = accepted[0].id
+    if args.detach:
+        _left_running(job_id)
+        return EXIT_INTERRUPTED
+    interrupted.clear()
+    _say(f"cancelling job {job_id} (Ctrl-C again leaves it running)")
+    cancel = asyncio.ensure_future(client.cancel(job_id))
+    if await _unless_interrupted(cancel, interrupted):
+        _left_running(job_id)
+        return EXIT_INTERRUPTED
+    try:
+        job = cancel.result()
+    except FailedPrecondition as exc:
+        state = exc.metadata.get("state", "").lower() or "finished"
+        _say(f"job {job_id} had already ended ({state}); nothing to cancel")
+        return EXIT_INTERRUPTED
+    if job.state == job_pb2.JOB_STATE_CANCELLED:
+        _say(f"cancelled job {job_id}")
+    else:
+        _say(f"cancel requested: job {job_id} stops at its next step")
+    return EXIT_INTERRUPTED
 
 
 async def _watch(client: AsyncDarkroomClient, args: argparse.Namespace) -> int:
@@ -290,17 +396,42 @@ async def _run(args: argparse.Namespace) -> int:
         return EXIT_OK
 
 
+def _error_json(error: DarkroomError | JobEnded) -> dict[str, Any]:
+    if isinstance(error, JobEnded):
+        code = "JOB_FAILED" if isinstance(error, JobFailed) else "JOB_CANCELLED"
+        return {"code": code, "message": str(error), "job": json_format.MessageToDict(error.job)}
+    shown: dict[str, Any] = {
+        "code": error.code.name,
+        "reason": error.reason,
+        "message": error.message,
+        "metadata": error.metadata,
+    }
+    if isinstance(error, InvalidArgument):
+        shown["violations"] = [v._asdict() for v in error.violations]
+    return shown
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the `--help` epilog)."""
     args = build_parser().parse_args(argv)
     try:
         return asyncio.run(_run(args))
-    except (DarkroomError, JobFailed, JobCancelled) as error:
-        print(f"darkroom: {error}", file=sys.stderr)
-        return exit_code(error)
+    except (DarkroomError, JobEnded) as error:
+        code = exit_code(error)
+        if args.json:
+            shown = {"error": {**_error_json(error), "exit_code": code}}
+            print(json.dumps(shown), file=sys.stderr)
+        else:
+            print(f"darkroom: {error}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print("darkroom: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`darkroom list | head -1`): stop quietly, and point stdout
+        # at /dev/null so the interpreter's last flush does not complain about it either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -2,14 +2,16 @@
 
 Every failed RPC becomes a `DarkroomError` subclass chosen by its status code in
 `from_rpc_error`, the one place that maps codes to classes. The server's `ErrorInfo`
-gives `reason` and `metadata`; its `BadRequest` gives `InvalidArgument.violations`.
+gives `reason` and `metadata`; its `BadRequest` gives `InvalidArgument.violations`, every
+field violation in the server's order (a field may have several).
 A job that ends badly is not an RPC error: `generate` raises `JobFailed` or
 `JobCancelled`, which carry the final job.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -48,8 +50,15 @@ class DarkroomError(Exception):
         return f"{self.code.name}{reason}: {self.message}"
 
 
+class FieldViolation(NamedTuple):
+    """One thing wrong with one field of a request (`spec.width`: "must be a multiple of 8")."""
+
+    field: str
+    description: str
+
+
 class InvalidArgument(DarkroomError):
-    """The request is invalid; `violations` maps each bad field to what is wrong with it."""
+    """The request is invalid; `violations` lists every field violation, in order."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -60,14 +69,22 @@ class InvalidArgument(DarkroomError):
         code: grpc.StatusCode | None = None,
         reason: str = "",
         metadata: Mapping[str, str] | None = None,
-        violations: Mapping[str, str] | None = None,
+        violations: Iterable[FieldViolation] = (),
     ) -> None:
         super().__init__(message, code=code, reason=reason, metadata=metadata)
-        self.violations: dict[str, str] = dict(violations or {})
+        self.violations: list[FieldViolation] = list(violations)
+
+    @property
+    def fields(self) -> dict[str, list[str]]:
+        """Each bad field with every description of what is wrong with it."""
+        by_field: dict[str, list[str]] = {}
+        for violation in self.violations:
+            by_field.setdefault(violation.field, []).append(violation.description)
+        return by_field
 
     def __str__(self) -> str:
         lines = [super().__str__()]
-        lines += [f"  {field}: {text}" for field, text in self.violations.items()]
+        lines += [f"  {v.field}: {v.description}" for v in self.violations]
         return "\n".join(lines)
 
 
@@ -173,7 +190,7 @@ def from_rpc_error(error: grpc.RpcError) -> DarkroomError:
     """The typed error for a failed gRPC call, with its `google.rpc` details decoded."""
     code: grpc.StatusCode = getattr(error, "code", lambda: grpc.StatusCode.UNKNOWN)()
     message: str = getattr(error, "details", lambda: "")() or ""
-    reason, metadata, violations = "", {}, {}
+    reason, metadata, violations = "", {}, []
     status = _status(error)
     if status is not None:
         for detail in status.details:
@@ -184,7 +201,9 @@ def from_rpc_error(error: grpc.RpcError) -> DarkroomError:
             elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
                 bad_request = error_details_pb2.BadRequest()
                 detail.Unpack(bad_request)
-                violations = {v.field: v.description for v in bad_request.field_violations}
+                violations = [
+                    FieldViolation(v.field, v.description) for v in bad_request.field_violations
+                ]
     cls = _BY_CODE.get(code, DarkroomError)
     if cls is InvalidArgument:
         return InvalidArgument(
@@ -198,6 +217,7 @@ __all__ = [
     "DarkroomError",
     "DeadlineExceeded",
     "FailedPrecondition",
+    "FieldViolation",
     "Internal",
     "InvalidArgument",
     "JobCancelled",

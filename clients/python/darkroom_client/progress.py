@@ -1,4 +1,5 @@
-"""Human-readable job events: one-line descriptions and a carriage-return progress bar."""
+"""Human-readable job events: one-line descriptions, a carriage-return progress bar for a
+terminal, and plain status lines for everything else (a log, a pipe, CI)."""
 
 from __future__ import annotations
 
@@ -69,3 +70,33 @@ class ProgressBar:
             self.stream.write("\n")
             self.stream.flush()
         self._width = 0
+
+
+class StatusLines:
+    """Writes a line to `stream` each time the job's status changes (use it as `on_event`).
+
+    For output that is not a terminal, where a carriage-return bar would pile up."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._last = ""
+
+    def __call__(self, event: events_service_pb2.JobEvent) -> None:
+        self.show(status(event))
+
+    def show(self, text: str) -> None:
+        """Write `text` as a line, unless it is the line written last."""
+        if text != self._last:
+            self.stream.write(f"{text}\n")
+            self.stream.flush()
+            self._last = text
+
+    def finish(self, text: str | None = None) -> None:
+        """Write `text` (if any) as the last line."""
+        if text is not None:
+            self.show(text)
+
+
+def reporter(stream: TextIO) -> ProgressBar | StatusLines:
+    """A progress bar on a terminal, plain status lines elsewhere."""
+    return ProgressBar(stream) if stream.isatty() else StatusLines(stream)

@@ -17,7 +17,7 @@ import grpc
 
 from darkroom.v1 import events_service_pb2, job_pb2, jobs_service_pb2
 from darkroom_client import jobs
-from darkroom_client.aio import DEFAULT_TIMEOUT, AsyncDarkroomClient, EventCallback
+from darkroom_client.aio import DEFAULT_TIMEOUT, AsyncDarkroomClient, EventCallback, JobCallback
 from darkroom_client.outputs import fetch_outputs
 from darkroom_client.retry import DEFAULT_RETRY, DEFAULT_WATCH_RETRY, RetryPolicy
 
@@ -177,14 +177,17 @@ class DarkroomClient:
         prompt: str,
         *,
         on_event: EventCallback | None = None,
+        on_submitted: JobCallback | None = None,
         request_id: str | None = None,
         queue_timeout: float | None = None,
         timeout: float | None = None,
         **spec: Unpack[jobs.SpecFields],
     ) -> jobs.GenerateResult:
-        """See `AsyncDarkroomClient.generate`; `on_event` runs on the caller's thread."""
+        """See `AsyncDarkroomClient.generate`; the callbacks run on the caller's thread."""
         job = self.submit(
             prompt, request_id=request_id, queue_timeout=queue_timeout, timeout=timeout, **spec
         )
+        if on_submitted is not None:
+            on_submitted(job)
         job = jobs.check_outcome(self.wait(job.id, on_event=on_event))
         return jobs.GenerateResult(job, fetch_outputs(job))
