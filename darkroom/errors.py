@@ -86,13 +86,6 @@ class UnavailableError(DarkroomError):
     reason = "DEPENDENCY_UNAVAILABLE"
 
 
-class DeadlineExceededError(DarkroomError):
-    """Work did not finish in the time allowed."""
-
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
-    reason = "DEADLINE_EXCEEDED"
-
-
 class InternalError(DarkroomError):
     """An unexpected failure; details are logged, never sent."""
 
@@ -160,7 +153,6 @@ def grpc_code(code: int) -> grpc.StatusCode:
 __all__ = [
     "AlreadyExistsError",
     "DarkroomError",
-    "DeadlineExceededError",
     "FailedPreconditionError",
     "FieldViolation",
     "InternalError",
