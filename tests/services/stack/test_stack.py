@@ -83,3 +83,49 @@ def test_up_serves_a_job_and_down_leaves_no_process(
     assert not any(_alive(pid) for pid in pids)
     assert not _port_open(jobs_port)
     assert not _port_open(events_port)
+
+
+def test_up_refuses_a_taken_port_naming_it(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = {
+            **os.environ,
+            "DARKROOM_STACK_HOME": str(tmp_path),
+            "DARKROOM_STACK_JOBS_PORT": str(port),
+            "DARKROOM_STACK_EVENTS_PORT": str(devservers.free_port()),
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "darkroom.services.stack", "up"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode != 0
+    assert f"port {port} (for Jobs) is taken" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "stack.json").exists()
+
+
+def test_two_checkouts_get_their_own_database_and_key_prefix(tmp_path: Path) -> None:
+    def names(home: Path) -> list[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DARKROOM_")}
+        env["DARKROOM_STACK_HOME"] = str(home)
+        script = (
+            "from darkroom.services.stack.__main__ import DATABASE, KEY_PREFIX; "
+            "print(DATABASE, KEY_PREFIX)"
+        )
+        printed = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+        )
+        return printed.stdout.split()
+
+    first, second = names(tmp_path / "a" / ".darkroom"), names(tmp_path / "b" / ".darkroom")
+    assert first[0].startswith("darkroom_local_")
+    assert first[1].startswith("darkroom-")
+    assert first[0] != second[0]
+    assert first[1] != second[1]
+    assert names(tmp_path / "a" / ".darkroom") == first
