@@ -20,6 +20,7 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers.utils import logging as transformers_logging
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
@@ -76,6 +77,10 @@ def scheduler() -> Any:
 
 def build(folder: Path, seed: int = 0) -> Any:
     """Build the pipeline with weights drawn from `seed` and save it to `folder`."""
+    # transformers' notice that torchvision is absent (its PIL image processor serves a
+    # text-to-image pipeline just as well) and its shard-writing progress bar are noise here.
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
     torch.manual_seed(seed)
     tokens = tokenizer(folder / "tokenizer")
     text_encoder = CLIPTextModel(
