@@ -14,6 +14,7 @@ from darkroom.services.jobs.app import JobsApp
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 GRPCURL = str(Path(sys.executable).with_name("grpcurl"))
+BUF = str(README.parent / "node_modules" / ".bin" / "buf")
 
 
 def examples() -> list[list[str]]:
@@ -34,21 +35,24 @@ async def _run(argv: list[str]) -> tuple[int, str, str]:
 
 async def test_readme_grpcurl_examples_work(jobs_app: JobsApp, events_app: EventsApp) -> None:
     commands = examples()
-    assert [c[0] for c in commands] == ["grpcurl"] * 5
-    ports = {
+    assert [c[0] for c in commands] == ["grpcurl"] * 5 + ["buf"]
+    addresses = {
         "localhost:50051": f"127.0.0.1:{jobs_app.port}",
         "localhost:50052": f"127.0.0.1:{events_app.port}",
     }
+    tools = {"grpcurl": GRPCURL, "buf": BUF}
     job_id = ""
     outputs = []
-    # Run list, submit, get, then cancel before watch so the watch ends with the job.
-    order = [0, 1, 2, 4, 3]
-    for index in order:
-        argv = [GRPCURL] + [
-            ports.get(arg, arg).replace("JOB_ID", job_id) for arg in commands[index][1:]
-        ]
+    # As written: list, submit, get, cancel (the job has not ended), watch, buf curl get.
+    for index, command in enumerate(commands):
+        argv = [tools[command[0]]]
+        for arg in command[1:]:
+            shown = arg.replace("JOB_ID", job_id)
+            for address, real in addresses.items():
+                shown = shown.replace(address, real)
+            argv.append(shown)
         code, out, err = await _run(argv)
-        assert code == 0, (commands[index], err)
+        assert code == 0, (command, err)
         outputs.append(out)
         if index == 1:
             job_id = json.loads(out)["job"]["id"]
@@ -58,3 +62,9 @@ async def test_readme_grpcurl_examples_work(jobs_app: JobsApp, events_app: Event
     assert json.loads(outputs[3])["job"]["state"] == "JOB_STATE_CANCELLED"
     watched = [json.loads(chunk) for chunk in re.split(r"\n(?=\{)", outputs[4].strip())]
     assert watched[-1]["event"]["snapshot"]["job"]["state"] == "JOB_STATE_CANCELLED"
+    fetched = json.loads(outputs[5])["job"]
+    assert (fetched["id"], fetched["state"], fetched["spec"]["numImages"]) == (
+        job_id,
+        "JOB_STATE_CANCELLED",
+        4,
+    )
