@@ -1,15 +1,18 @@
-"""The event schema and the per-job Redis stream that carries it.
+"""The event schema and the per-job Redis stream that carries it: its one home.
 
-Each job has one stream, `{prefix}:job:{id}:events`; an entry holds one serialized
+Each job has one stream (`keys.Keys.events`); an entry holds one serialized
 `darkroom.v1.JobEvent` under the field `e`, and the entry id is the event id (the resume
 token). Streams are trimmed approximately and expire some hours after the terminal event.
+Writing (`EventLog.append…`) and reading (`EventLog.read`, `last`, `decode`) both live
+here; nobody else knows the entry format.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -23,6 +26,32 @@ from darkroom.v1 import events_service_pb2, job_pb2
 JobEvent = events_service_pb2.JobEvent
 EVENT_FIELD = b"e"
 TERMINAL_KINDS = frozenset({"succeeded", "failed", "cancelled"})
+
+
+Entry = tuple[str, JobEvent]  # (event id, event)
+# The cursor of a reader that starts before the first event.
+START = "0-0"
+
+
+class Continuity(enum.Enum):
+    """What reading a job's log after a cursor found."""
+
+    OK = "ok"  # entries after the cursor, with nothing lost before them
+    GAP = "gap"  # the cursor is no longer in the stream: entries may have been trimmed
+    GONE = "gone"  # no stream at all (expired, or Redis lost its data)
+
+
+def decode(fields: Mapping[bytes, bytes]) -> JobEvent:
+    """The event held by one stream entry's fields."""
+    return JobEvent.FromString(fields[EVENT_FIELD])
+
+
+def decode_entries(raw: Iterable[tuple[bytes | str, Mapping[bytes, bytes]]]) -> list[Entry]:
+    """`(event id, event)` pairs from an XRANGE / XREAD / XREVRANGE reply's entries."""
+    return [
+        (entry_id.decode() if isinstance(entry_id, bytes) else entry_id, decode(fields))
+        for entry_id, fields in raw
+    ]
 
 
 def stream_key(prefix: str, job_id: uuid.UUID | str) -> str:
@@ -146,6 +175,49 @@ class EventLog:
             reply = self._redis.eval(APPEND_SCRIPT, len(keys), *keys, *args)
             ids = await cast(Awaitable[list[bytes]], reply)
         return [entry.decode() if isinstance(entry, bytes) else str(entry) for entry in ids]
+
+    async def read(
+        self, job_id: uuid.UUID | str, after: str = "", count: int | None = None
+    ) -> list[Entry]:
+        """The job's events after event id `after` (empty: from the first), in order."""
+        start = f"({after}" if after else "-"
+        raw = await self._redis.xrange(self.key(job_id), start, "+", count=count)
+        return decode_entries(raw)
+
+    async def read_from(
+        self, job_id: uuid.UUID | str, cursor: str, count: int
+    ) -> tuple[Continuity, list[Entry]]:
+        """Up to `count` events after `cursor` (an event id, or `START`), and whether they
+        follow the cursor without a gap: Redis answers a read from a trimmed id with what
+        is left, silently, so the cursor's own entry is looked up in the same round trip."""
+        key = self.key(job_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.exists(key)
+            pipe.xrange(key, cursor, cursor)
+            pipe.xrange(key, f"({cursor}" if cursor != START else "-", "+", count=count)
+            exists, at_cursor, after = await pipe.execute()
+        if not exists:
+            return Continuity.GONE, []
+        if cursor != START and not at_cursor:
+            return Continuity.GAP, []
+        return Continuity.OK, decode_entries(after)
+
+    async def last(self, job_id: uuid.UUID | str) -> Entry | None:
+        """The job's latest event, or None when its log is empty or gone."""
+        [last] = await self.last_many([job_id])
+        return last
+
+    async def last_many(self, job_ids: Sequence[uuid.UUID | str]) -> list[Entry | None]:
+        """The latest event of each job (None where there is none), in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.xrevrange(self.key(job_id), count=1)
+            replies = await pipe.execute()
+        return [decode_entries(reply)[0] if reply else None for reply in replies]
+
+    def key(self, job_id: uuid.UUID | str) -> str:
+        """The Redis stream of one job's events."""
+        return stream_key(self._prefix, job_id)
 
     def append_in(self, pipe: Pipeline, event: JobEvent) -> None:
         """Add the append of `event` to `pipe` (one command, whose reply is a list holding

@@ -50,6 +50,19 @@ class State(enum.StrEnum):
 
 
 TERMINAL_STATES = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED})
+# The state machine: every move a job may make (the migration's trigger enforces the same
+# table in SQL, and a test tries every pair against it). A terminal state never changes.
+LEGAL_MOVES = frozenset(
+    {
+        (State.QUEUED, State.RUNNING),  # claimed
+        (State.QUEUED, State.CANCELLED),  # cancelled while waiting
+        (State.QUEUED, State.FAILED),  # expired
+        (State.RUNNING, State.SUCCEEDED),
+        (State.RUNNING, State.FAILED),
+        (State.RUNNING, State.CANCELLED),
+        (State.RUNNING, State.QUEUED),  # the attempt ended without a result: retry
+    }
+)
 
 
 class Base(DeclarativeBase):

@@ -15,16 +15,14 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from enum import Enum
 
 import redis.asyncio
 import redis.exceptions
 import structlog
 
-from darkroom import events
 from darkroom.convert import job_to_proto
 from darkroom.errors import FieldViolation, InvalidArgumentError, NotFoundError, UnavailableError
-from darkroom.events import EVENT_FIELD, TERMINAL_KINDS, JobEvent
+from darkroom.events import START, TERMINAL_KINDS, Continuity, EventLog, JobEvent
 from darkroom.models import JobRow, State
 from darkroom.services.events.notifier import Notifier
 from darkroom.store import JobStore
@@ -35,15 +33,6 @@ BATCH = 100
 # A watcher this many events behind is a slow reader: its progress events collapse.
 BACKLOG = 16
 EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
-START = "0-0"
-
-
-class Log(Enum):
-    """What reading the stream after the cursor found."""
-
-    OK = "ok"  # entries after the cursor, with nothing lost before them
-    GAP = "gap"  # the cursor is no longer in the stream: entries may have been trimmed
-    GONE = "gone"  # no stream at all (expired, or Redis lost its data)
 
 
 @dataclass(frozen=True)
@@ -62,10 +51,6 @@ def parse_after(value: str) -> str:
             [FieldViolation("after_event_id", "must be an event id such as 1718000000000-0")],
         )
     return value
-
-
-def _id(raw: bytes | str) -> str:
-    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 def coalesce(entries: list[tuple[str, JobEvent]]) -> list[tuple[str, JobEvent]]:
@@ -98,9 +83,8 @@ class Watch:
         url_for: Callable[[str], str] | None = None,
     ) -> None:
         self._store = store
-        self._redis = redis
+        self._log = EventLog(redis, key_prefix)
         self._notifier = notifier
-        self._prefix = key_prefix
         self._settings = settings
         self._url_for = url_for
 
@@ -110,31 +94,12 @@ class Watch:
         event.snapshot.job.CopyFrom(job_to_proto(row, self._url_for))
         return event
 
-    async def _last(self, key: str) -> tuple[str, bool]:
+    async def _last(self, job_id: uuid.UUID) -> tuple[str, bool]:
         """The id of the last logged event ("" without a log), and whether it is terminal."""
-        entries = await self._redis.xrevrange(key, count=1)
-        if not entries:
+        last = await self._log.last(job_id)
+        if last is None:
             return "", False
-        entry_id, fields = entries[0]
-        kind = JobEvent.FromString(fields[EVENT_FIELD]).WhichOneof("kind")
-        return _id(entry_id), kind in TERMINAL_KINDS
-
-    async def _last_id(self, key: str) -> str:
-        return (await self._last(key))[0]
-
-    async def _read(self, key: str, cursor: str) -> tuple[Log, list[tuple[str, JobEvent]]]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.exists(key)
-            pipe.xrange(key, cursor, cursor)
-            pipe.xrange(key, f"({cursor}" if cursor != START else "-", "+", count=BATCH)
-            exists, at_cursor, after = await pipe.execute()
-        if not exists:
-            return Log.GONE, []
-        if cursor != START and not at_cursor:
-            return Log.GAP, []
-        return Log.OK, [
-            (_id(entry_id), JobEvent.FromString(fields[EVENT_FIELD])) for entry_id, fields in after
-        ]
+        return last[0], last[1].WhichOneof("kind") in TERMINAL_KINDS
 
     async def _sleep(self, wake: asyncio.Event, limit: timedelta) -> bool:
         """Wait for news; False when `limit` passed in silence."""
@@ -160,11 +125,10 @@ class Watch:
 
     async def events(self, owner: str, job_id: uuid.UUID, after: str) -> AsyncIterator[JobEvent]:
         """The events of `owner`'s job `job_id` after `after`, ending with its terminal."""
-        key = events.stream_key(self._prefix, job_id)
         # Listen before the first read, so nothing published in between is missed.
         wake = self._notifier.register(str(job_id))
         try:
-            last, logged_terminal = await self._last(key)
+            last, logged_terminal = await self._last(job_id)
             row = await self._row(owner, job_id)
             if State(row.state).terminal and not (after and logged_terminal):
                 # A finished job whose log cannot replay what follows `after`.
@@ -176,7 +140,7 @@ class Watch:
                 yield self._snapshot(row, last)
                 cursor, seen = last or START, _summary(row)
             async for event in self._follow(
-                owner=owner, job_id=job_id, key=key, cursor=cursor, wake=wake, seen=seen
+                owner=owner, job_id=job_id, cursor=cursor, wake=wake, seen=seen
             ):
                 yield event
         finally:
@@ -187,25 +151,24 @@ class Watch:
         *,
         owner: str,
         job_id: uuid.UUID,
-        key: str,
         cursor: str,
         wake: asyncio.Event,
         seen: tuple[object, ...],
     ) -> AsyncIterator[JobEvent]:
         while True:
             try:
-                status, entries = await self._read(key, cursor)
+                status, entries = await self._log.read_from(job_id, cursor, BATCH)
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 log.warning("event_log_unreachable", error=repr(exc))
-                status, entries = Log.GONE, []
-            if status is not Log.OK:
-                row, snapshot, cursor = await self._resync(owner, job_id, key, status, seen)
+                status, entries = Continuity.GONE, []
+            if status is not Continuity.OK:
+                row, snapshot, cursor = await self._resync(owner, job_id, status, seen)
                 if snapshot is not None:
                     seen = _summary(row)
                     yield snapshot
                 if State(row.state).terminal:
                     return
-                if status is Log.GONE:
+                if status is Continuity.GONE:
                     await self._sleep(wake, self._settings.row_poll)
                 continue
             for event_id, event in coalesce(entries):
@@ -225,7 +188,7 @@ class Watch:
                     return
 
     async def _resync(
-        self, owner: str, job_id: uuid.UUID, key: str, status: Log, seen: tuple[object, ...]
+        self, owner: str, job_id: uuid.UUID, status: Continuity, seen: tuple[object, ...]
     ) -> tuple[JobRow, JobEvent | None, str]:
         """After a gap, or while the log is gone: a snapshot from the row, and a new cursor.
 
@@ -233,8 +196,8 @@ class Watch:
         when the row changed since the last one.
         """
         row = await self._row(owner, job_id)
-        if status is Log.GAP:
-            last = await self._last_id(key)
+        if status is Continuity.GAP:
+            last = (await self._last(job_id))[0]
             return row, self._snapshot(row, last), last or START
         changed = _summary(row) != seen
         return row, self._snapshot(row, "") if changed else None, START

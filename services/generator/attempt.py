@@ -10,8 +10,8 @@ import threading
 import time
 import uuid
 from concurrent.futures import Executor
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import timedelta
 
 import grpc
 import structlog
@@ -19,15 +19,14 @@ from PIL import Image
 
 from darkroom import events
 from darkroom.config import Settings
-from darkroom.convert import job_to_proto
 from darkroom.events import EventLog
-from darkroom.models import JobRecord, State
-from darkroom.queue import JobQueue
+from darkroom.lifecycle import Lifecycle
+from darkroom.models import JobRecord
 from darkroom.services.generator.failures import Kind, PermanentError, classify
+from darkroom.services.generator.faults import Faults
 from darkroom.services.generator.outputs import LeaseLostError, store_images
 from darkroom.services.generator.pipeline import GenerationRequest, Pipeline, PipelineInterrupted
 from darkroom.storage import Storage
-from darkroom.store import JobStore
 
 log = structlog.get_logger("darkroom.generator")
 SEED_SPACE = 2**32
@@ -51,16 +50,16 @@ class PipelineWedgedError(Exception):
 
 @dataclass
 class Services:
-    """What a worker gives each attempt."""
+    """What a worker gives each attempt: every move of the job goes through `lifecycle`."""
 
     settings: Settings
-    store: JobStore
+    lifecycle: Lifecycle
     storage: Storage
     event_log: EventLog
-    queue: JobQueue
     pipeline: Pipeline
     executor: Executor
     worker_id: str
+    faults: Faults = field(default_factory=Faults)
 
 
 class Attempt:
@@ -110,7 +109,9 @@ class Attempt:
             log.warning("event_publish_failed", kinds=kinds, error=repr(exc))
 
     async def _beat(self, step: int | None) -> None:
-        row = await self.s.store.heartbeat(self.job_id, self.number, self.s.settings.lease, step)
+        row = await self.s.lifecycle.heartbeat(
+            self.job_id, self.number, self.s.settings.lease, step
+        )
         if row is None:
             self.request_stop(Stop.LOST)
         elif row.cancel_requested:
@@ -206,7 +207,6 @@ class Attempt:
     async def run(self) -> None:
         """Run the attempt to its end; every outcome is a row transition."""
         began = time.perf_counter()
-        await self._publish(events.started(self.job_id, self.number, self.s.worker_id))
         monitor = asyncio.create_task(self._monitor())
         try:
             images = await self._generate()
@@ -234,16 +234,15 @@ class Attempt:
                 model_version=self.s.pipeline.model_version,
                 holds_job=self._holds_job,
             )
-            self._fault("after_upload")
-            finished = await self.s.store.succeed(
+            self.s.faults.reached("after_upload")
+            finished = await self.s.lifecycle.succeed(
                 self.job_id,
                 self.number,
                 outputs,
                 self.s.pipeline.model_id,
                 self.s.pipeline.model_version,
+                progress=last_steps,
             )
-            if finished is not None:
-                self._fault("after_commit")
         except LeaseLostError:
             finished = None
         except Exception as exc:  # noqa: BLE001 - classified below
@@ -257,9 +256,6 @@ class Attempt:
             images=len(outputs),
             generate_ms=round((generated - began) * 1000, 1),
             total_ms=round((time.perf_counter() - began) * 1000, 1),
-        )
-        await self._publish(
-            *last_steps, events.terminal(job_to_proto(finished, self.s.storage.url_for))
         )
 
     async def _wedged(self) -> None:
@@ -287,9 +283,7 @@ class Attempt:
         if reason is Stop.LOST:
             return
         if reason is Stop.CANCEL:
-            row = await self.s.store.end(self.job_id, self.number, State.CANCELLED)
-            if row is not None:
-                await self._publish(events.terminal(job_to_proto(row, self.s.storage.url_for)))
+            await self.s.lifecycle.stop_cancelled(self.job_id, self.number)
         elif reason is Stop.TIMEOUT:
             limit = self.s.settings.job_timeout.total_seconds()
             await self.fail(
@@ -304,7 +298,7 @@ class Attempt:
             )
 
     async def _holds_job(self) -> bool:
-        row = await self.s.store.heartbeat(self.job_id, self.number, self.s.settings.lease)
+        row = await self.s.lifecycle.heartbeat(self.job_id, self.number, self.s.settings.lease)
         return row is not None
 
     async def fail(self, exc: BaseException) -> None:
@@ -320,11 +314,7 @@ class Attempt:
         code = failure.code.value[0]
         try:
             if failure.kind is Kind.PERMANENT or self.number >= self.row.max_attempts:
-                row = await self.s.store.end(
-                    self.job_id, self.number, State.FAILED, code, failure.message
-                )
-                if row is not None:
-                    await self._publish(events.terminal(job_to_proto(row, self.s.storage.url_for)))
+                await self.s.lifecycle.fail(self.job_id, self.number, code, failure.message)
                 return
             await self._requeue(failure.code, failure.message, self._backoff())
         except Exception as handling:  # noqa: BLE001 - the reconciler takes over after the lease
@@ -333,15 +323,10 @@ class Attempt:
     def _backoff(self) -> timedelta:
         return self.s.settings.retry_delay(self.number)
 
-    def _fault(self, point: str) -> None:
-        if self.s.settings.fault_point == point:
-            log.warning("fault_injected", point=point)
-            os._exit(137)
-
     async def _requeue(
         self, code: grpc.StatusCode, message: str, delay: timedelta, *, refund: bool = False
     ) -> None:
-        row = await self.s.store.requeue(
+        await self.s.lifecycle.requeue(
             self.job_id,
             self.number,
             code=code.value[0],
@@ -349,16 +334,3 @@ class Attempt:
             delay=delay,
             refund=refund,
         )
-        if row is None:
-            return
-        if row.state == State.CANCELLED:
-            await self._publish(events.terminal(job_to_proto(row, self.s.storage.url_for)))
-            return
-        retry_time = datetime.now(UTC) + delay
-        await self._publish(
-            events.retrying(self.job_id, self.number, code.value[0], message, retry_time)
-        )
-        try:
-            await self.s.queue.enqueue(self.job_id, row.attempt, row.model, not_before=retry_time)
-        except Exception as exc:  # noqa: BLE001 - the reconciler enqueues QUEUED rows
-            log.warning("enqueue_deferred", error=repr(exc))

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-import grpc
 import redis.exceptions
 import structlog
 from arq.connections import ArqRedis
@@ -20,12 +19,13 @@ from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from darkroom import db, events, queue
+from darkroom import db, queue
 from darkroom.config import Settings
-from darkroom.convert import job_to_proto
 from darkroom.events import EventLog
+from darkroom.lifecycle import Lifecycle
 from darkroom.services.generator import pipeline as pipelines
 from darkroom.services.generator.attempt import Attempt, Services, Stop
+from darkroom.services.generator.faults import Faults, KillAt
 from darkroom.storage import open_storage
 from darkroom.store import JobStore
 
@@ -57,9 +57,9 @@ class Runner:
             log.error("message_malformed", attempt=queued_attempt)
             return
         s = self.services
-        row = await s.store.claim(job_id, queued_attempt, s.worker_id, s.settings.lease)
-        if row is None:
-            await self._not_claimed(job_id, queued_attempt)
+        row = await s.lifecycle.claim(job_id, queued_attempt, s.worker_id, s.settings.lease)
+        if row is None:  # a duplicate, late or expired delivery
+            log.info("delivery_ignored", queued_attempt=queued_attempt)
             return
         structlog.contextvars.bind_contextvars(attempt=row.attempt)
         log.info("attempt_started", worker_id=s.worker_id)
@@ -70,20 +70,6 @@ class Runner:
         finally:
             self.current = None
             self.idle.set()
-
-    async def _not_claimed(self, job_id: uuid.UUID, queued_attempt: int) -> None:
-        """A duplicate, late or expired delivery: maybe expire the job, otherwise nothing."""
-        s = self.services
-        expired = await s.store.expire(
-            job_id,
-            grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
-            "the job was not started before its deadline",
-        )
-        if expired is not None:
-            log.info("job_expired")
-            await s.event_log.append(events.terminal(job_to_proto(expired, s.storage.url_for)))
-            return
-        log.info("delivery_ignored", queued_attempt=queued_attempt)
 
     async def drain(self, grace: timedelta) -> None:
         """Let the current attempt finish within `grace`, else hand it back to the queue."""
@@ -183,7 +169,7 @@ class Generator:
             await asyncio.gather(self.task, return_exceptions=True)
         await self.redis.aclose()
         await self.redis.connection_pool.disconnect()
-        await self.runner.services.store.close()
+        await self.runner.services.lifecycle.store.close()
         await self.engine.dispose()
         self.executor.shutdown(wait=True)
 
@@ -222,14 +208,22 @@ async def start(settings: Settings, pipeline: pipelines.Pipeline | None = None) 
         project=settings.gcs_project,
         signed_url_ttl=settings.signed_url_ttl,
     )
+    event_log = EventLog(redis, settings.key_prefix)
+    faults = KillAt(settings.fault_point) if settings.fault_point else Faults()
     services = Services(
         settings=settings,
-        # Claims, lease renewals and finishes go over one held connection: no pool
-        # checkout and liveness ping beside the pipeline, several times a second.
-        store=JobStore(engine, hold_connection=True),
+        lifecycle=Lifecycle(
+            # Claims, lease renewals and finishes go over one held connection: no pool
+            # checkout and liveness ping beside the pipeline, several times a second.
+            JobStore(engine, hold_connection=True),
+            event_log,
+            queue.JobQueue(redis, settings),
+            storage.url_for,
+            hooks=faults,
+        ),
         storage=storage,
-        event_log=EventLog(redis, settings.key_prefix),
-        queue=queue.JobQueue(redis, settings),
+        event_log=event_log,
+        faults=faults,
         pipeline=pipeline,
         executor=executor,
         worker_id=settings.worker_id or default_worker_id(),

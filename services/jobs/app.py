@@ -13,6 +13,7 @@ from darkroom import db, queue
 from darkroom.auth import Authenticator
 from darkroom.config import Settings
 from darkroom.events import EventLog
+from darkroom.lifecycle import Lifecycle
 from darkroom.server import RunningServer, create_server
 from darkroom.services.jobs.servicer import JobsServicer
 from darkroom.services.jobs.submits import SubmitBatcher
@@ -54,10 +55,15 @@ async def start(settings: Settings, address: str | None = None) -> JobsApp:
     store = JobStore(engine)
     job_queue = queue.JobQueue(redis, settings)
     event_log = EventLog(redis, settings.key_prefix)
+    url_for = open_storage(
+        settings.storage_url,
+        credentials_file=settings.gcs_credentials_file,
+        project=settings.gcs_project,
+        signed_url_ttl=settings.signed_url_ttl,
+    ).url_for
     servicer = JobsServicer(
         settings,
-        store=store,
-        event_log=event_log,
+        lifecycle=Lifecycle(store, event_log, job_queue, url_for),
         submits=SubmitBatcher(
             settings,
             inserter=JobInserter(engine),
@@ -66,12 +72,6 @@ async def start(settings: Settings, address: str | None = None) -> JobsApp:
             redis=redis,
         ),
         authenticator=Authenticator(settings.auth_tokens),
-        url_for=open_storage(
-            settings.storage_url,
-            credentials_file=settings.gcs_credentials_file,
-            project=settings.gcs_project,
-            signed_url_ttl=settings.signed_url_ttl,
-        ).url_for,
     )
 
     def register(server: grpc.aio.Server) -> Sequence[str]:

@@ -6,16 +6,14 @@ import base64
 import binascii
 import json
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import grpc
 import structlog
 
-from darkroom import events
 from darkroom.auth import Authenticator
 from darkroom.config import Settings
-from darkroom.convert import PROTO_TO_STATE, job_to_proto
+from darkroom.convert import PROTO_TO_STATE
 from darkroom.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -23,11 +21,10 @@ from darkroom.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
-from darkroom.events import EventLog
-from darkroom.models import JobRecord, State
+from darkroom.lifecycle import Lifecycle
+from darkroom.models import JobRecord
 from darkroom.rpc import unary
 from darkroom.services.jobs.submits import SubmitBatcher
-from darkroom.store import JobStore
 from darkroom.v1 import job_pb2, jobs_service_pb2, jobs_service_pb2_grpc
 from darkroom.validation import parse_uuid, validate_submit
 
@@ -51,21 +48,18 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
         self,
         settings: Settings,
         *,
-        store: JobStore,
-        event_log: EventLog,
+        lifecycle: Lifecycle,
         submits: SubmitBatcher,
         authenticator: Authenticator,
-        url_for: Callable[[str], str] | None = None,
     ) -> None:
         self.settings = settings
-        self.store = store
-        self.event_log = event_log
+        self.lifecycle = lifecycle
+        self.store = lifecycle.store
         self.submits = submits
         self.authenticator = authenticator
-        self.url_for = url_for
 
     def _proto(self, row: JobRecord) -> job_pb2.Job:
-        return job_to_proto(row, self.url_for)
+        return self.lifecycle.job(row)
 
     @unary("SubmitJob")
     async def SubmitJob(
@@ -129,7 +123,7 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
     ) -> jobs_service_pb2.CancelJobResponse:
         job_id = _job_id(request.job_id)
         structlog.contextvars.bind_contextvars(job_id=str(job_id))
-        row, changed = await self.store.cancel(owner, job_id)
+        row, changed = await self.lifecycle.cancel(owner, job_id)
         if row is None:
             raise NotFoundError(f"job {job_id} not found")
         if not changed:
@@ -137,13 +131,7 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
                 f"job {job_id} is already {row.state} and cannot be cancelled",
                 metadata={"state": str(row.state)},
             )
-        job = self._proto(row)
-        if row.state == State.CANCELLED:
-            try:
-                await self.event_log.append(events.terminal(job))
-            except Exception as exc:  # noqa: BLE001 - the reconciler re-publishes terminals
-                log.warning("terminal_event_deferred", error=repr(exc))
-        return jobs_service_pb2.CancelJobResponse(job=job)
+        return jobs_service_pb2.CancelJobResponse(job=self._proto(row))
 
 
 def _encode_page_token(last_id: uuid.UUID, state: int) -> str:

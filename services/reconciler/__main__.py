@@ -29,7 +29,6 @@ def build(settings: Settings) -> tuple[Reconciler, AsyncEngine, ArqRedis]:
         store=JobStore(engine),
         queue=queue.JobQueue(redis, settings),
         event_log=EventLog(redis, settings.key_prefix),
-        redis=redis,
         storage=open_storage(
             settings.storage_url,
             credentials_file=settings.gcs_credentials_file,

@@ -8,20 +8,16 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import structlog
-from redis.asyncio import Redis
 
-from darkroom import events
 from darkroom.config import Settings
-from darkroom.convert import job_to_proto
-from darkroom.events import EVENT_FIELD, TERMINAL_KINDS, EventLog, JobEvent
-from darkroom.models import JobRecord, State
+from darkroom.events import TERMINAL_KINDS, EventLog
+from darkroom.lifecycle import Lifecycle
 from darkroom.queue import JobQueue
 from darkroom.storage import Storage
 from darkroom.store import JobStore
 
 log = structlog.get_logger("darkroom.reconciler")
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
-DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
 # A QUEUED row this fresh may still have its enqueue in flight.
 ENQUEUE_GRACE = timedelta(seconds=2)
 
@@ -50,15 +46,13 @@ class Reconciler:
         store: JobStore,
         queue: JobQueue,
         event_log: EventLog,
-        redis: Redis,
         storage: Storage,
     ) -> None:
         self.settings = settings
         self.store = store
         self.queue = queue
         self.event_log = event_log
-        self.redis = redis
-        self.storage = storage
+        self.lifecycle = Lifecycle(store, event_log, queue, storage.url_for)
 
     async def run_once(self) -> Report:
         report = Report()
@@ -68,59 +62,37 @@ class Reconciler:
         await self._terminal_events(report)
         return report
 
-    async def _publish_terminal(self, row: JobRecord) -> None:
-        await self.event_log.append(events.terminal(job_to_proto(row, self.storage.url_for)))
-
     async def _expired_leases(self, report: Report) -> None:
         for row in await self.store.expired_leases(self.settings.reconcile_batch):
             reason = f"worker {row.worker_id} was lost: its lease expired"
             if row.attempt < row.max_attempts:
-                delay = self.settings.retry_delay(row.attempt)
-                requeued = await self.store.requeue(
+                requeued = await self.lifecycle.requeue(
                     row.id,
                     row.attempt,
                     code=UNAVAILABLE,
                     message=reason,
-                    delay=delay,
+                    delay=self.settings.retry_delay(row.attempt),
                     lease_expired=True,
                 )
-                if requeued is None:
-                    continue  # the worker renewed its lease, or someone else got here first
-                log.info("lease_expired_requeued", job_id=str(row.id), attempt=row.attempt)
-                report.requeued += 1
-                if requeued.state == State.CANCELLED:
-                    await self._publish_terminal(requeued)
-                    continue
-                retry_time = datetime.now(UTC) + delay
-                await self.event_log.append(
-                    events.retrying(row.id, row.attempt, UNAVAILABLE, reason, retry_time)
-                )
-                await self.queue.enqueue(
-                    row.id, requeued.attempt, requeued.model, not_before=retry_time
-                )
-            else:
-                failed = await self.store.end(
-                    row.id,
-                    row.attempt,
-                    State.FAILED,
-                    UNAVAILABLE,
-                    f"{reason}, and all {row.max_attempts} attempts are spent",
-                    lease_expired=True,
-                )
-                if failed is not None:
-                    log.info("lease_expired_failed", job_id=str(row.id), attempt=row.attempt)
-                    report.failed_lost += 1
-                    await self._publish_terminal(failed)
+                if requeued is not None:  # else the worker renewed its lease, or a peer won
+                    log.info("lease_expired_requeued", job_id=str(row.id), attempt=row.attempt)
+                    report.requeued += 1
+                continue
+            failed = await self.lifecycle.fail(
+                row.id,
+                row.attempt,
+                UNAVAILABLE,
+                f"{reason}, and all {row.max_attempts} attempts are spent",
+                lease_expired=True,
+            )
+            if failed is not None:
+                log.info("lease_expired_failed", job_id=str(row.id), attempt=row.attempt)
+                report.failed_lost += 1
 
     async def _deadlines(self, report: Report) -> None:
         for row in await self.store.past_deadline(self.settings.reconcile_batch):
-            expired = await self.store.expire(
-                row.id, DEADLINE_EXCEEDED, "the job was not started before its deadline"
-            )
-            if expired is not None:
-                log.info("job_expired", job_id=str(row.id))
+            if await self.lifecycle.expire(row.id) is not None:
                 report.expired += 1
-                await self._publish_terminal(expired)
 
     async def _lost_messages(self, report: Report) -> None:
         stale = self.settings.reconcile_stale_message
@@ -144,15 +116,10 @@ class Reconciler:
         )
         if not rows:
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for row in rows:
-                pipe.xrevrange(events.stream_key(self.settings.key_prefix, row.id), count=1)
-            lasts = await pipe.execute()
+        lasts = await self.event_log.last_many([row.id for row in rows])
         for row, last in zip(rows, lasts, strict=True):
-            if last and JobEvent.FromString(last[0][1][EVENT_FIELD]).WhichOneof("kind") in (
-                TERMINAL_KINDS
-            ):
+            if last is not None and last[1].WhichOneof("kind") in TERMINAL_KINDS:
                 continue
-            await self._publish_terminal(row)
+            await self.lifecycle.publish_terminal(row)
             log.info("terminal_event_republished", job_id=str(row.id), state=str(row.state))
             report.republished += 1

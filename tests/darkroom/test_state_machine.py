@@ -10,7 +10,8 @@ import sqlalchemy.exc
 from sqlalchemy import func, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from darkroom.models import State
+from darkroom.lifecycle import is_legal
+from darkroom.models import LEGAL_MOVES, TERMINAL_STATES, State
 from darkroom.store import JobStore
 from tests.helpers import job_request
 
@@ -54,32 +55,57 @@ async def test_conditional_update_ignores_wrong_state_and_attempt(store: JobStor
     assert done.state == State.SUCCEEDED
 
 
-@pytest.mark.parametrize(
-    ("path", "illegal"),
-    [
-        ([], State.SUCCEEDED),  # QUEUED -> SUCCEEDED skips running
-        ([State.RUNNING, State.SUCCEEDED], State.RUNNING),  # out of a terminal state
-        ([State.RUNNING, State.FAILED], State.QUEUED),
-        ([State.CANCELLED], State.QUEUED),
-    ],
-)
-async def test_trigger_rejects_illegal_transitions(
-    store: JobStore, engine: AsyncEngine, path: list[State], illegal: State
+# How to bring a new (QUEUED) job into each state with legal moves.
+PATHS = {
+    State.QUEUED: [],
+    State.RUNNING: [State.RUNNING],
+    State.SUCCEEDED: [State.RUNNING, State.SUCCEEDED],
+    State.FAILED: [State.FAILED],
+    State.CANCELLED: [State.CANCELLED],
+}
+
+
+async def _set_state(connection: AsyncConnection, job_id: uuid.UUID, state: State) -> None:
+    extra = ", attempt = 1, lease_expires_at = now()" if state == State.RUNNING else ""
+    await connection.execute(
+        text(f"UPDATE jobs SET state = :s{extra} WHERE id = :id"),  # noqa: S608 - fixed fragments
+        {"s": state.value, "id": job_id},
+    )
+
+
+@pytest.mark.parametrize("before", list(State))
+@pytest.mark.parametrize("after", list(State))
+async def test_the_trigger_allows_exactly_the_legal_moves(
+    store: JobStore, engine: AsyncEngine, before: State, after: State
 ) -> None:
     job_id = await _queued(store)
     async with engine.begin() as connection:
-        for state in path:
-            extra = ", attempt = 1, lease_expires_at = now()" if state == State.RUNNING else ""
-            await connection.execute(
-                text(f"UPDATE jobs SET state = :s{extra} WHERE id = :id"),  # noqa: S608 - fixed fragments
-                {"s": state.value, "id": job_id},
-            )
-    with pytest.raises(sqlalchemy.exc.IntegrityError, match="job"):
+        for state in PATHS[before]:
+            await _set_state(connection, job_id, state)
+    if is_legal(before, after):
         async with engine.begin() as connection:
-            await connection.execute(
-                text("UPDATE jobs SET state = :s WHERE id = :id"),
-                {"s": illegal.value, "id": job_id},
-            )
+            await _set_state(connection, job_id, after)
+        row = await store.get_any(job_id)
+        assert row is not None
+        assert row.state == after
+        return
+    refusal = "can no longer change" if before.terminal else "illegal job transition"
+    with pytest.raises(sqlalchemy.exc.IntegrityError, match=refusal):
+        async with engine.begin() as connection:
+            await _set_state(connection, job_id, after)
+
+
+def test_the_python_table_is_the_documented_state_machine() -> None:
+    assert {(a.value, b.value) for a, b in LEGAL_MOVES} == {
+        ("QUEUED", "RUNNING"),
+        ("QUEUED", "CANCELLED"),
+        ("QUEUED", "FAILED"),
+        ("RUNNING", "SUCCEEDED"),
+        ("RUNNING", "FAILED"),
+        ("RUNNING", "CANCELLED"),
+        ("RUNNING", "QUEUED"),
+    }
+    assert not any(is_legal(state, state) for state in TERMINAL_STATES)
 
 
 async def test_terminal_rows_never_change(store: JobStore, engine: AsyncEngine) -> None:

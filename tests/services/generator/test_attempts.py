@@ -299,7 +299,7 @@ async def test_a_busy_worker_does_not_poll_the_queue(make_stack: StackFactory) -
 
 async def test_steps_do_not_wake_the_loop_and_beats_are_paced(make_stack: StackFactory) -> None:
     stack = await make_stack(pipeline=FakePipeline(step_seconds=0.004), progress_rate=5.0)
-    store = stack.generator.runner.services.store
+    store = stack.generator.runner.services.lifecycle.store
     wakeups = beats = 0
     loop = asyncio.get_running_loop()
     original_call, original_beat = loop.call_soon_threadsafe, store.heartbeat
@@ -365,7 +365,7 @@ async def test_a_delayed_message_is_taken_when_due_without_a_wake_up(
     # Submitted for a model no worker serves, then moved by hand, delayed, to the served
     # queue: its wake-up comes at once, long before it is due, and no other will come.
     job = (await stack.caller.submit(model="other-model", width=64, height=64, steps=2)).job
-    queue = stack.generator.runner.services.queue
+    queue = stack.generator.runner.services.lifecycle.queue
     await queue.reset(uuid.UUID(job.id), 0, "other-model")
     due = datetime.now(UTC) + timedelta(seconds=1)
     await queue.enqueue(uuid.UUID(job.id), 0, stack.settings.served_model, not_before=due)

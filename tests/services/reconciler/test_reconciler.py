@@ -45,7 +45,6 @@ class World:
             store=self.store,
             queue=self.queue,
             event_log=self.log,
-            redis=self.redis,
             storage=LocalStorage(Path(tempfile.gettempdir())),
         )
 
@@ -97,7 +96,6 @@ async def world(postgres_admin_url: str, settings: Settings) -> AsyncIterator[Wo
         store=store,
         queue=jobs_queue,
         event_log=log,
-        redis=client,
         storage=LocalStorage(Path(tempfile.gettempdir())),
     )
     yield World(own, store, jobs_queue, log, client, reconciler)

@@ -1,0 +1,206 @@
+"""Every move of a job, each with its consequences, in the one order that is safe.
+
+A move is a conditional transition of the row (`darkroom.transitions`: one `UPDATE … WHERE
+state = … [AND attempt = …]`), then what follows from it: the event, the next queue
+message. The row is the truth, so what follows only ever happens after the commit, and a
+transition that did not happen (a late or duplicate writer) has no consequence at all.
+Consequences are best effort: the reconciler republishes a missing terminal event and
+re-enqueues a QUEUED row without a message. Every process (Jobs, Generator, reconciler)
+moves jobs through `Lifecycle` only; a new consequence of a move (a webhook outbox row, a
+metric) is added here, once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+import structlog
+
+from darkroom import events
+from darkroom.convert import job_to_proto
+from darkroom.events import EventLog, JobEvent
+from darkroom.models import LEGAL_MOVES, JobRecord, State
+from darkroom.queue import JobQueue
+from darkroom.store import JobStore
+from darkroom.v1 import job_pb2
+
+log = structlog.get_logger("darkroom.lifecycle")
+
+DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+EXPIRED_MESSAGE = "the job was not started before its deadline"
+
+__all__ = ["DEADLINE_EXCEEDED", "EXPIRED_MESSAGE", "LEGAL_MOVES", "Hooks", "Lifecycle"]
+
+
+class Hooks:
+    """Points between a move's commit and its consequences, for tests that kill a process
+    exactly there (the fault suite). The default does nothing."""
+
+    def after_commit(self, move: str, row: JobRecord) -> None:
+        """Called right after `move` committed, before anything follows from it."""
+
+
+class Lifecycle:
+    """The moves of jobs: claim, heartbeat, succeed, fail, cancel, requeue, expire."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        event_log: EventLog,
+        queue: JobQueue,
+        url_for: Callable[[str], str] | None = None,
+        hooks: Hooks | None = None,
+    ) -> None:
+        self.store = store
+        self._events = event_log
+        self.queue = queue
+        self._url_for = url_for
+        self._hooks = hooks or Hooks()
+
+    def job(self, row: JobRecord) -> job_pb2.Job:
+        """The `Job` message of a row, with fetchable output URLs."""
+        return job_to_proto(row, self._url_for)
+
+    async def _publish(self, *batch: JobEvent) -> None:
+        try:
+            await self._events.append_many(batch)
+        except Exception as exc:  # noqa: BLE001 - the row is the truth; the reconciler repairs
+            kinds = sorted({str(event.WhichOneof("kind")) for event in batch})
+            log.warning("event_publish_failed", kinds=kinds, error=repr(exc))
+
+    async def _ended(self, move: str, row: JobRecord | None, *before: JobEvent) -> None:
+        """After a move to a terminal state: its terminal event (after `before`)."""
+        if row is None:
+            return
+        self._hooks.after_commit(move, row)
+        await self._publish(*before, events.terminal(self.job(row)))
+
+    async def publish_terminal(self, row: JobRecord) -> None:
+        """(Re)publish the terminal event of a finished job: the reconciler's repair."""
+        await self._publish(events.terminal(self.job(row)))
+
+    # -- the worker's moves; `attempt` is always the caller's own, which fences it --------
+
+    async def claim(
+        self, job_id: uuid.UUID, queued_attempt: int, worker_id: str, lease: timedelta
+    ) -> JobRecord | None:
+        """QUEUED -> RUNNING as the next attempt, then `started`; None if not claimable.
+
+        A message that is not claimable because the job is past its deadline expires it."""
+        row = await self.store.claim(job_id, queued_attempt, worker_id, lease)
+        if row is None:
+            await self.expire(job_id)
+            return None
+        await self._publish(events.started(job_id, row.attempt, worker_id))
+        return row
+
+    async def heartbeat(
+        self, job_id: uuid.UUID, attempt: int, lease: timedelta, step: int | None = None
+    ) -> JobRecord | None:
+        """Renew the lease (and record the step); None when this attempt lost the job."""
+        return await self.store.heartbeat(job_id, attempt, lease, step)
+
+    async def succeed(
+        self,
+        job_id: uuid.UUID,
+        attempt: int,
+        outputs: list[dict[str, Any]],
+        model_id: str,
+        model_version: str,
+        *,
+        progress: Sequence[JobEvent] = (),
+    ) -> JobRecord | None:
+        """RUNNING -> SUCCEEDED, then the last `progress` events and `succeeded` in one
+        append; None when this attempt no longer holds the job (nothing is published)."""
+        row = await self.store.succeed(job_id, attempt, outputs, model_id, model_version)
+        await self._ended("succeed", row, *progress)
+        return row
+
+    async def fail(
+        self,
+        job_id: uuid.UUID,
+        attempt: int,
+        code: int,
+        message: str,
+        *,
+        lease_expired: bool = False,
+    ) -> JobRecord | None:
+        """RUNNING -> FAILED, then `failed` (`lease_expired`: only once its lease expired)."""
+        row = await self.store.end(
+            job_id, attempt, State.FAILED, code, message, lease_expired=lease_expired
+        )
+        await self._ended("fail", row)
+        return row
+
+    async def stop_cancelled(self, job_id: uuid.UUID, attempt: int) -> JobRecord | None:
+        """RUNNING -> CANCELLED when the attempt stopped for its owner's cancel, then
+        `cancelled`."""
+        row = await self.store.end(job_id, attempt, State.CANCELLED)
+        await self._ended("cancel", row)
+        return row
+
+    async def requeue(
+        self,
+        job_id: uuid.UUID,
+        attempt: int,
+        *,
+        code: int,
+        message: str,
+        delay: timedelta,
+        refund: bool = False,
+        lease_expired: bool = False,
+    ) -> JobRecord | None:
+        """RUNNING -> QUEUED with backoff, then `retrying`, then the next queue message
+        (a job whose owner asked to cancel ends CANCELLED instead, then `cancelled`)."""
+        row = await self.store.requeue(
+            job_id,
+            attempt,
+            code=code,
+            message=message,
+            delay=delay,
+            refund=refund,
+            lease_expired=lease_expired,
+        )
+        if row is None:
+            return None
+        if row.state == State.CANCELLED:
+            await self._ended("cancel", row)
+            return row
+        retry_time = datetime.now(UTC) + delay
+        await self._publish(events.retrying(job_id, attempt, code, message, retry_time))
+        try:
+            await self.queue.enqueue(job_id, row.attempt, row.model, not_before=retry_time)
+        except Exception as exc:  # noqa: BLE001 - the reconciler enqueues QUEUED rows
+            log.warning("enqueue_deferred", job_id=str(job_id), error=repr(exc))
+        return row
+
+    # -- moves of queued jobs ---------------------------------------------------------
+
+    async def expire(self, job_id: uuid.UUID) -> JobRecord | None:
+        """QUEUED -> FAILED (DEADLINE_EXCEEDED) for a job past its deadline, then `failed`."""
+        row = await self.store.expire(job_id, DEADLINE_EXCEEDED, EXPIRED_MESSAGE)
+        if row is not None:
+            log.info("job_expired", job_id=str(job_id))
+        await self._ended("expire", row)
+        return row
+
+    async def cancel(self, owner: str, job_id: uuid.UUID) -> tuple[JobRecord | None, bool]:
+        """The owner's cancel: QUEUED -> CANCELLED at once (then `cancelled`), RUNNING gets
+        `cancel_requested`. Returns the row (None: no such job of this owner) and whether it
+        changed (False: the job had already ended)."""
+        row, changed = await self.store.cancel(owner, job_id)
+        if changed and row is not None and row.state == State.CANCELLED:
+            await self._ended("cancel", row)
+        return row, changed
+
+
+def is_legal(before: State, after: State) -> bool:
+    """Whether the state machine allows `before -> after` (staying put always is, but for
+    a terminal row, which never changes)."""
+    if before.terminal:
+        return False
+    return before == after or (before, after) in LEGAL_MOVES
