@@ -20,7 +20,7 @@ from bench.stack import start_events
 from bench.stats import Figure, Goal, Section, percentile
 from darkroom import db, events, queue
 from darkroom.config import DEV_OWNER
-from darkroom.events import EVENT_FIELD, EventLog, JobEvent
+from darkroom.events import EventLog, JobEvent
 from darkroom.store import JobStore
 from darkroom.v1 import events_service_pb2, events_service_pb2_grpc, job_pb2, jobs_service_pb2
 from darkroom.validation import validate_submit
@@ -52,15 +52,12 @@ async def _watch(call: Any, latencies: list[float]) -> None:
         _latency(response.event, latencies)
 
 
-async def _xread(
-    reader: redis.asyncio.Redis, key: str, cursor: str, latencies: list[float]
-) -> None:
+async def _xread(event_log: EventLog, job_id: str, cursor: str, latencies: list[float]) -> None:
     while True:
-        answer = await reader.xread({key: cursor}, block=1000, count=100)
-        for _, entries in answer:
-            for entry_id, fields in entries:
-                cursor = entry_id
-                _latency(JobEvent.FromString(fields[EVENT_FIELD]), latencies)
+        entries = await event_log.wait(job_id, cursor, block_s=1)
+        cursor = entries[-1][0] if entries else cursor
+        for _, event in entries:
+            _latency(event, latencies)
 
 
 async def _measure(
@@ -104,7 +101,7 @@ async def run(ctx: Context) -> Section:
             jobs_service_pb2.SubmitJobRequest(request_id=str(uuid.uuid4()), spec=SPEC), settings
         )
         row, _ = await JobStore(engine).create(DEV_OWNER, job, settings.max_attempts)
-        job_id, key = str(row.id), events.stream_key(settings.key_prefix, row.id)
+        job_id, reading = str(row.id), EventLog(reader, settings.key_prefix)
         sender = Sender(EventLog(writer, settings.key_prefix), job_id, 2 * options.events + 10)
         for _ in range(10):  # warm both connections, and give the stream a first entry
             await sender.send()
@@ -122,9 +119,12 @@ async def run(ctx: Context) -> Section:
         call.cancel()
 
         ctx.say(f"delivery: {options.events} events at {options.event_rate:g}/s, raw XREAD")
-        last = (await reader.xrevrange(key, count=1))[0][0]
+        newest = await reading.last(job_id)
+        if newest is None:
+            raise RuntimeError("the warm-up events are missing")
         raw_latencies: list[float] = []
-        base = await _measure(ctx, sender, _xread(reader, key, last, raw_latencies), raw_latencies)
+        raw = _xread(reading, job_id, newest[0], raw_latencies)
+        base = await _measure(ctx, sender, raw, raw_latencies)
     finally:
         await channel.close()
         await reader.aclose()

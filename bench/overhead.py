@@ -32,9 +32,9 @@ from bench.env import AUTH
 from bench.procs import ROOT, Child, spawn, stop
 from bench.stack import start_jobs
 from bench.stats import Figure, Goal, Section, percentile
-from darkroom import db, events
+from darkroom import db
 from darkroom.config import Settings
-from darkroom.events import EVENT_FIELD, TERMINAL_KINDS, JobEvent
+from darkroom.events import START, TERMINAL_KINDS, EventLog
 from darkroom.store import JobStore
 from darkroom.v1 import job_pb2, jobs_service_pb2, jobs_service_pb2_grpc
 
@@ -139,18 +139,17 @@ class Client:
 
     async def finished(self, job_id: str, limit_s: float) -> float:
         """Wait for the job's terminal event; the perf_counter time it was read."""
-        key, cursor = events.stream_key(self.settings.key_prefix, job_id), "0-0"
+        event_log, cursor = EventLog(self.redis, self.settings.key_prefix), START
         deadline = time.monotonic() + limit_s
         while time.monotonic() < deadline:
-            answer = await self.redis.xread({key: cursor}, block=1000, count=100)
-            for _, entries in answer:
-                for entry_id, fields in entries:
-                    cursor = entry_id
-                    kind = JobEvent.FromString(fields[EVENT_FIELD]).WhichOneof("kind")
-                    if kind == "succeeded":
-                        return time.perf_counter()
-                    if kind in TERMINAL_KINDS:
-                        raise RuntimeError(f"job {job_id} ended {kind}")
+            entries = await event_log.wait(job_id, cursor, block_s=1)
+            cursor = entries[-1][0] if entries else cursor
+            for _, event in entries:
+                kind = event.WhichOneof("kind")
+                if kind == "succeeded":
+                    return time.perf_counter()
+                if kind in TERMINAL_KINDS:
+                    raise RuntimeError(f"job {job_id} ended {kind}")
         raise TimeoutError(f"job {job_id} did not finish in {limit_s:g} s")
 
     async def close(self) -> None:

@@ -14,9 +14,9 @@ import redis.asyncio
 
 from bench.context import Context
 from bench.stats import Figure, Goal, Section, mean, percentile
-from darkroom import db, events, queue
+from darkroom import db, queue
 from darkroom.config import DEV_OWNER, Settings
-from darkroom.events import EVENT_FIELD, TERMINAL_KINDS, JobEvent
+from darkroom.events import START, TERMINAL_KINDS, EventLog
 from darkroom.services.generator.pipeline import FakePipeline
 from darkroom.services.generator.worker import start
 from darkroom.store import JobStore
@@ -43,12 +43,11 @@ async def _samples(settings: Settings, count: int) -> list[float]:
                 settings,
             )
             row, _ = await store.create(DEV_OWNER, job, settings.max_attempts)
-            key = events.stream_key(settings.key_prefix, row.id)
             # Enqueue at a random moment of the worker's polling cycle.
             await asyncio.sleep(random.uniform(0, poll) + 0.002)  # noqa: S311 - not cryptography
             sent_ns = time.time_ns()
             await jobs_queue.enqueue(row.id, row.attempt, row.model)
-            started_ns = await _wait_events(reader, key)
+            started_ns = await _wait_events(EventLog(reader, settings.key_prefix), row.id)
             if index:
                 latencies.append((started_ns - sent_ns) / 1e9)
     finally:
@@ -60,24 +59,22 @@ async def _samples(settings: Settings, count: int) -> list[float]:
     return latencies
 
 
-async def _wait_events(reader: redis.asyncio.Redis, key: str) -> int:
+async def _wait_events(event_log: EventLog, job_id: uuid.UUID) -> int:
     """Read the job's stream until its terminal event; the `started` event's time (ns)."""
-    cursor, started_ns = "0-0", 0
+    cursor, started_ns = START, 0
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        answer = await reader.xread({key: cursor}, block=WAIT_MS, count=100)
-        for _, entries in answer:
-            for entry_id, fields in entries:
-                cursor = entry_id
-                event = JobEvent.FromString(fields[EVENT_FIELD])
-                kind = event.WhichOneof("kind")
-                if kind == "started":
-                    started_ns = event.time.ToNanoseconds()
-                elif kind in TERMINAL_KINDS:
-                    if not started_ns:
-                        raise RuntimeError(f"job ended without starting: {event}")
-                    return started_ns
-    raise TimeoutError(f"no terminal event on {key}")
+        entries = await event_log.wait(job_id, cursor, block_s=WAIT_MS / 1000)
+        cursor = entries[-1][0] if entries else cursor
+        for _, event in entries:
+            kind = event.WhichOneof("kind")
+            if kind == "started":
+                started_ns = event.time.ToNanoseconds()
+            elif kind in TERMINAL_KINDS:
+                if not started_ns:
+                    raise RuntimeError(f"job ended without starting: {event}")
+                return started_ns
+    raise TimeoutError(f"no terminal event for job {job_id}")
 
 
 async def run(ctx: Context) -> Section:

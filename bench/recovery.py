@@ -37,10 +37,9 @@ def arq_rerun_seconds(settings: Settings) -> float:
 async def _generator(ctx: Context, settings: Settings, name: str) -> Child:
     return await spawn(
         name,
-        ["-m", "darkroom.services.generator"],
+        ["-m", "tests.fake_generator", f"step_ms={STEP_MS}"],
         ctx.env.child_env(
             settings,
-            DARKROOM_GENERATOR_MODEL_PATH=f"fake:?step_ms={STEP_MS}",
             DARKROOM_WORKER_ID=name,
             DARKROOM_SHUTDOWN_GRACE="1",
         ),
@@ -145,7 +144,7 @@ async def run(ctx: Context) -> Section:
         await writer.connection_pool.disconnect()
         await engine.dispose()
     section.notes.append(
-        f"`python -m darkroom.services.generator` processes on `fake:?step_ms={STEP_MS}` "
+        f"generator processes on the fake pipeline (`tests.fake_generator step_ms={STEP_MS}`) "
         "(150 steps); after the SIGKILL a second generator and "
         "`python -m darkroom.services.reconciler` start; the "
         f"job's row is polled every {POLL_S * 1000:g} ms. Lease "

@@ -10,6 +10,8 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from darkroom.keys import Keys
+
 DEV_TOKEN = "darkroom-dev-token"  # noqa: S105 - documented development token, not a secret
 DEV_OWNER = "dev"
 
@@ -101,10 +103,6 @@ class Settings(BaseSettings):
     watch_row_poll: Seconds = timedelta(seconds=1)
     watch_idle_check: Seconds = timedelta(seconds=30)
 
-    # Test-only: a generator that reaches this point of an attempt ends its process at
-    # once ("after_upload", "after_commit"), so fault tests can kill it exactly there.
-    fault_point: str = Field(default="", pattern=r"^(|after_upload|after_commit)$")
-
     log_level: str = "INFO"
     # None: JSON when stderr is not a terminal.
     log_json: bool | None = None
@@ -143,9 +141,14 @@ class Settings(BaseSettings):
         """The model a generator process serves."""
         return self.generator_model or self.model_default
 
+    @property
+    def keys(self) -> Keys:
+        """Every Redis key of this deployment."""
+        return Keys(self.key_prefix)
+
     def queue_for(self, model: str) -> str:
         """The arq queue (a Redis sorted set) of one model: workers serve one model each."""
-        return f"{self.key_prefix}:queue:{model}"
+        return Keys(self.key_prefix).queue(model)
 
 
 def load_settings(program: str) -> Settings:

@@ -21,6 +21,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
 from darkroom.convert import timestamp
+from darkroom.keys import Keys
 from darkroom.v1 import events_service_pb2, job_pb2
 
 JobEvent = events_service_pb2.JobEvent
@@ -52,20 +53,6 @@ def decode_entries(raw: Iterable[tuple[bytes | str, Mapping[bytes, bytes]]]) -> 
         (entry_id.decode() if isinstance(entry_id, bytes) else entry_id, decode(fields))
         for entry_id, fields in raw
     ]
-
-
-def stream_key(prefix: str, job_id: uuid.UUID | str) -> str:
-    """The Redis stream of one job's events."""
-    return f"{prefix}:job:{job_id}:events"
-
-
-def notify_channel(prefix: str) -> str:
-    """The pub/sub channel that carries the id of every job that has a new event.
-
-    Events services subscribe once per process and then read only the streams of the jobs
-    they watch, so the cost of an event does not grow with the number of watchers.
-    """
-    return f"{prefix}:events"
 
 
 def _event(job_id: uuid.UUID | str) -> JobEvent:
@@ -152,7 +139,7 @@ class EventLog:
         terminal_ttl: timedelta = timedelta(hours=6),
     ) -> None:
         self._redis = redis
-        self._prefix = prefix
+        self._keys = Keys(prefix)
         self._max_len = max_len
         self._active_ttl = active_ttl
         self._terminal_ttl = terminal_ttl
@@ -202,6 +189,15 @@ class EventLog:
             return Continuity.GAP, []
         return Continuity.OK, decode_entries(after)
 
+    async def wait(
+        self, job_id: uuid.UUID | str, after: str, block_s: float, count: int = 100
+    ) -> list[Entry]:
+        """Up to `count` events after `after` (`START`: from the first), waiting up to
+        `block_s` seconds for the first of them (XREAD BLOCK); [] when none came."""
+        block = max(1, int(block_s * 1000))
+        answer = await self._redis.xread({self.key(job_id): after}, block=block, count=count)
+        return decode_entries(answer[0][1]) if answer else []
+
     async def last(self, job_id: uuid.UUID | str) -> Entry | None:
         """The job's latest event, or None when its log is empty or gone."""
         [last] = await self.last_many([job_id])
@@ -217,7 +213,7 @@ class EventLog:
 
     def key(self, job_id: uuid.UUID | str) -> str:
         """The Redis stream of one job's events."""
-        return stream_key(self._prefix, job_id)
+        return self._keys.events(job_id)
 
     def append_in(self, pipe: Pipeline, event: JobEvent) -> None:
         """Add the append of `event` to `pipe` (one command, whose reply is a list holding
@@ -234,9 +230,9 @@ class EventLog:
         args: list[Any] = [
             self._max_len,
             int(ttl.total_seconds()),
-            notify_channel(self._prefix),
+            self._keys.notify_channel,
             job_id,
             EVENT_FIELD,
         ]
         args += [event.SerializeToString() for event in batch]
-        return [stream_key(self._prefix, job_id)], args
+        return [self.key(job_id)], args

@@ -1,14 +1,17 @@
-"""The work queue: arq on Redis, carrying only a job id and an attempt, as JSON.
+"""The work queue: arq on Redis, carrying a `QueueMessage` (a job id and an attempt), as JSON.
 
-Never pickle: a queue message must not be able to run code on a GPU node.
+Never pickle: a queue message must not be able to run code on a GPU node. arq is imported
+here and in the generator's worker only.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from arq.connections import ArqRedis
 from arq.constants import (
@@ -23,13 +26,49 @@ from redis.asyncio import ConnectionPool
 from redis.asyncio.client import Pipeline
 
 from darkroom.config import Settings
+from darkroom.keys import Keys
 
 RUN_JOB = "run_job"
+
+
+class MalformedMessageError(ValueError):
+    """A queue message that is not a `QueueMessage` of a version this code reads."""
+
+
+@dataclass(frozen=True)
+class QueueMessage:
+    """What a queue message carries: a job, and the attempt count it was queued at (the
+    worker claims attempt `attempt + 1`). It travels as arq's positional arguments,
+    `[VERSION, job_id, attempt]`; the version lets a later format be read beside this one."""
+
+    job_id: uuid.UUID
+    attempt: int
+    VERSION: ClassVar[int] = 1
+
+    def to_args(self) -> tuple[int, str, int]:
+        """The message as arq's job arguments."""
+        return (self.VERSION, str(self.job_id), self.attempt)
+
+    @classmethod
+    def from_args(cls, args: Sequence[object]) -> QueueMessage:
+        """The message from arq's job arguments; `MalformedMessageError` if it is not one."""
+        if len(args) == 2:  # written before messages had a version: [job_id, attempt]
+            args = [1, *args]
+        if len(args) != 3 or args[0] != cls.VERSION:
+            raise MalformedMessageError(f"not a version {cls.VERSION} message: {args!r}")
+        _, job_id, attempt = args
+        if not isinstance(job_id, str) or type(attempt) is not int or attempt < 0:
+            raise MalformedMessageError(f"bad job id or attempt: {args!r}")
+        try:
+            return cls(uuid.UUID(job_id), attempt)
+        except ValueError as exc:
+            raise MalformedMessageError(f"bad job id: {job_id!r}") from exc
+
 
 # arq's `enqueue_job` (WATCH, EXISTS, then MULTI/EXEC: three round trips) as one atomic
 # script writing the same keys, payload and expiry, so that any number of enqueues can
 # share one pipeline and one round trip with the events that go with them. It also pushes
-# a token on the queue's wake-up list, on which idle generators block (see `wake_key`).
+# a token on the queue's wake-up list, on which idle generators block (`Keys.wake`).
 # KEYS: job key, result key, queue, wake-up list.
 # ARGV: expiry (ms), payload, score (ms), arq job id.
 ENQUEUE_SCRIPT = """
@@ -41,13 +80,6 @@ redis.call('LTRIM', KEYS[4], 0, 63)
 redis.call('PEXPIRE', KEYS[4], 60000)
 return 1
 """
-
-
-def wake_key(queue_name: str) -> str:
-    """The wake-up list of a queue: each enqueue pushes a token, and an idle generator
-    blocks on it (BLPOP) instead of polling, so one wakes the moment work arrives. Tokens
-    are capped and expire: nobody may be listening."""
-    return f"{queue_name}:wake"
 
 
 def serialize(message: dict[str, Any]) -> bytes:
@@ -90,7 +122,7 @@ class JobQueue:
 
     def arq_job_id(self, job_id: uuid.UUID, attempt: int) -> str:
         """One arq id per attempt, so a finished attempt never blocks the next one."""
-        return f"{self._settings.key_prefix}:{job_id}:{attempt}"
+        return self._settings.keys.message_id(job_id, attempt)
 
     async def enqueue(
         self, job_id: uuid.UUID, attempt: int, model: str, *, not_before: datetime | None = None
@@ -118,9 +150,8 @@ class JobQueue:
         now_ms = timestamp_ms()
         score = to_unix_ms(not_before) if not_before is not None else now_ms
         expires_ms = score - now_ms + self._redis.expires_extra_ms
-        payload = serialize_job(
-            RUN_JOB, (str(job_id), attempt), {}, None, now_ms, serializer=serialize
-        )
+        args = QueueMessage(job_id, attempt).to_args()
+        payload = serialize_job(RUN_JOB, args, {}, None, now_ms, serializer=serialize)
         queue_name = self._settings.queue_for(model)
         pipe.eval(
             ENQUEUE_SCRIPT,
@@ -128,7 +159,7 @@ class JobQueue:
             job_key_prefix + arq_id,
             result_key_prefix + arq_id,
             queue_name,
-            wake_key(queue_name),
+            Keys.wake(queue_name),
             str(expires_ms),
             payload.decode(),
             str(score),

@@ -4,8 +4,11 @@ built by the migrations and one Redis key prefix per test run, and a real Jobs s
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import grpc
 import psycopg
@@ -92,7 +95,7 @@ async def redis_client(settings: Settings) -> AsyncIterator[redis.asyncio.Redis]
     client = redis.asyncio.Redis.from_url(settings.redis_url)
     yield client
     # Per-test prefixes extend the run's prefix, so one pattern covers them too.
-    for pattern in (f"{settings.key_prefix}*", f"arq:*:{settings.key_prefix}*"):
+    for pattern in settings.keys.everything:
         async for key in client.scan_iter(match=pattern, count=1000):
             await client.delete(key)
     await client.aclose()
@@ -156,3 +159,14 @@ def row_count(engine: AsyncEngine) -> Callable[[], Awaitable[int]]:
             return int((await connection.execute(text("SELECT count(*) FROM jobs"))).scalar_one())
 
     return count
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> Iterator[Path]:
+    """The tiny random Stable Diffusion pipeline, built and saved once per run."""
+    from darkroom.services.generator import tiny_model  # noqa: PLC0415 - imports torch
+
+    folder = Path(tempfile.mkdtemp(prefix="darkroom-tiny-sd-"))
+    tiny_model.build(folder)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)

@@ -10,7 +10,7 @@ import grpc
 import redis.asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from darkroom import db, events
+from darkroom import db
 from darkroom.auth import Authenticator
 from darkroom.config import Settings
 from darkroom.server import RunningServer, create_server
@@ -69,7 +69,7 @@ async def start(settings: Settings, address: str | None = None) -> EventsApp:
     engine = db.create_engine(settings.database_url, settings.database_pool_size)
     readers = _client(settings, READ_CONNECTIONS)
     listener = _client(settings, 1)
-    notifier = Notifier(listener, readers, events.notify_channel(settings.key_prefix))
+    notifier = Notifier(listener, readers, settings.keys)
     await notifier.start()
     watch = Watch(
         store=JobStore(engine),

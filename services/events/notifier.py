@@ -17,6 +17,8 @@ import redis.asyncio
 import redis.exceptions
 import structlog
 
+from darkroom.keys import Keys
+
 log = structlog.get_logger("darkroom.events")
 
 
@@ -27,16 +29,16 @@ class Notifier:
         self,
         listener: redis.asyncio.Redis,
         commands: redis.asyncio.Redis,
-        channel: str,
+        keys: Keys,
         *,
         data_check: float = 1.0,
     ) -> None:
         self._client = listener
         self._commands = commands
-        self._channel = channel
+        self._channel = keys.notify_channel
         self._data_check = data_check
         # A key only this process writes: when it vanishes, Redis lost its data.
-        self._sentinel = f"{channel}:alive:{uuid.uuid4().hex}"
+        self._sentinel = keys.alive(uuid.uuid4().hex)
         self._watchers: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
         self._tasks: list[asyncio.Task[None]] = []
         self._subscribed = asyncio.Event()

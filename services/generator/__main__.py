@@ -8,13 +8,18 @@ import structlog
 
 from darkroom import process
 from darkroom.config import Settings
+from darkroom.services.generator.faults import Faults
+from darkroom.services.generator.pipeline import Pipeline
 from darkroom.services.generator.worker import start
 
 log = structlog.get_logger("darkroom.generator")
 
 
-async def run(settings: Settings) -> None:
-    generator = await start(settings)
+async def run(
+    settings: Settings, *, pipeline: Pipeline | None = None, faults: Faults | None = None
+) -> None:
+    """Load the model (unless given a pipeline: tests do), serve until SIGTERM, drain."""
+    generator = await start(settings, pipeline, faults=faults)
     assert generator.task is not None
     stopper = asyncio.create_task(process.stop_signal().wait())
     await asyncio.wait({generator.task, stopper}, return_when=asyncio.FIRST_COMPLETED)

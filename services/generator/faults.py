@@ -1,8 +1,8 @@
 """Fault points of the generator: where the fault suite kills a worker on purpose.
 
 `Faults` is a `lifecycle.Hooks` too, so a kill can land between a move's commit and its
-consequences. The default does nothing; `KillAt` (built from `DARKROOM_FAULT_POINT` for
-the suite's real processes) ends the process with status 137, as a SIGKILL would.
+consequences. The default does nothing; `KillAt`, which only tests inject (see
+`tests/fake_generator.py`), ends the process with status 137, as a SIGKILL would.
 """
 
 from __future__ import annotations

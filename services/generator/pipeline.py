@@ -1,9 +1,9 @@
 """Text-to-image pipelines behind one small interface.
 
 `DiffusersPipeline` loads any diffusers text-to-image pipeline (a local folder or a Hugging
-Face id) once; `FakePipeline` (model path `fake:`) paints flat colours at a set pace for
-fault-injection tests. Both are called on one dedicated thread: torch runs fastest when
-load, warm-up and generation all happen on the same thread.
+Face id) once; `FakePipeline` paints flat colours at a set pace for tests, which inject
+it (a deployed generator cannot select it). Both are called on one dedicated thread: torch
+runs fastest when load, warm-up and generation all happen on the same thread.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from PIL import Image
 
@@ -143,7 +143,7 @@ class DiffusersPipeline:
 
 
 class FakePipeline:
-    """Flat-colour images at a set pace: `fake:?step_ms=20&fail=boom` for fault tests.
+    """Flat-colour images at a set pace, for tests: `from_query("step_ms=20&fail=raise")`.
 
     `fail=raise` raises on every run (a poison job); `fail=exit` ends the whole process
     (a job that kills its worker); `fail=hang` stops calling back (no heartbeats).
@@ -156,8 +156,9 @@ class FakePipeline:
         self._fail = fail
 
     @classmethod
-    def from_url(cls, url: str) -> FakePipeline:
-        query = parse_qs(urlsplit(url).query)
+    def from_query(cls, text: str) -> FakePipeline:
+        """`step_ms=N` (default 10) and `fail=raise|exit|hang` (default none)."""
+        query = parse_qs(text)
         return cls(float(query.get("step_ms", ["10"])[0]) / 1000, query.get("fail", [""])[0])
 
     def generate(self, request: GenerationRequest, on_step: StepCallback) -> list[Image.Image]:
@@ -185,7 +186,5 @@ def _colour(prompt: str, seed: int) -> tuple[int, int, int]:
 
 
 def load(model: str, *, revision: str = "", device: str = "auto", dtype: str = "auto") -> Pipeline:
-    """The pipeline for a model path: `fake:…`, a folder, or a Hugging Face id."""
-    if model.startswith("fake:"):
-        return FakePipeline.from_url(model)
+    """The pipeline for a model path: a diffusers folder or a Hugging Face id."""
     return DiffusersPipeline.load(model, revision=revision, device=device, dtype=dtype)

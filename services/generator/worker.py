@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import socket
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -22,10 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from darkroom import db, queue
 from darkroom.config import Settings
 from darkroom.events import EventLog
+from darkroom.keys import Keys
 from darkroom.lifecycle import Lifecycle
 from darkroom.services.generator import pipeline as pipelines
 from darkroom.services.generator.attempt import Attempt, Services, Stop
-from darkroom.services.generator.faults import Faults, KillAt
+from darkroom.services.generator.faults import Faults
 from darkroom.storage import open_storage
 from darkroom.store import JobStore
 
@@ -47,15 +47,11 @@ class Runner:
     def __post_init__(self) -> None:
         self.idle.set()
 
-    async def handle(self, job_id_text: str, queued_attempt: int) -> None:
-        """Claim and run the attempt after `queued_attempt`; stale messages change nothing."""
+    async def handle(self, message: queue.QueueMessage) -> None:
+        """Claim and run the attempt after the message's; stale messages change nothing."""
+        job_id, queued_attempt = message.job_id, message.attempt
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(job_id=job_id_text)
-        try:
-            job_id = uuid.UUID(job_id_text)
-        except ValueError:
-            log.error("message_malformed", attempt=queued_attempt)
-            return
+        structlog.contextvars.bind_contextvars(job_id=str(job_id))
         s = self.services
         row = await s.lifecycle.claim(job_id, queued_attempt, s.worker_id, s.settings.lease)
         if row is None:  # a duplicate, late or expired delivery
@@ -92,7 +88,7 @@ MIN_WAIT_SECONDS = 0.001
 class QuietWorker(Worker):
     """arq's worker, except that it does not poll the queue while it has no free slot (it
     waits for a job to end, then polls at once), and, with `wakeups`, an idle one blocks on
-    the queue's wake-up list between polls instead of sleeping (see `queue.wake_key`)."""
+    the queue's wake-up list between polls instead of sleeping (see `Keys.wake`)."""
 
     def __init__(
         self, *args: Any, wakeups: bool = False, idle_wait: float = 0.5, **kwargs: Any
@@ -101,7 +97,7 @@ class QuietWorker(Worker):
         self._slot_freed = asyncio.Event()
         self._wakeups = wakeups
         self._idle_wait = idle_wait
-        self._wake_key = queue.wake_key(self.queue_name)
+        self._wake_key = Keys.wake(self.queue_name)
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
@@ -137,10 +133,16 @@ class QuietWorker(Worker):
             await self.pool.blpop([self._wake_key], timeout=round(wait, 3))  # type: ignore[arg-type,misc]
 
 
-async def run_job(ctx: dict[str, Any], job_id: str, queued_attempt: int) -> None:
-    """The arq task: carries only a job id and the attempt count it was queued at."""
+async def run_job(ctx: dict[str, Any], *args: object) -> None:
+    """The arq task: its arguments are a `QueueMessage`."""
     runner: Runner = ctx["runner"]
-    await runner.handle(job_id, queued_attempt)
+    try:
+        message = queue.QueueMessage.from_args(args)
+    except queue.MalformedMessageError as exc:
+        structlog.contextvars.clear_contextvars()
+        log.error("message_malformed", error=str(exc))
+        return
+    await runner.handle(message)
 
 
 @dataclass
@@ -186,8 +188,11 @@ async def _keep_polling(worker: Worker) -> None:
             await asyncio.sleep(1)
 
 
-async def start(settings: Settings, pipeline: pipelines.Pipeline | None = None) -> Generator:
-    """Load the model (unless given one), connect, and start taking jobs."""
+async def start(
+    settings: Settings, pipeline: pipelines.Pipeline | None = None, *, faults: Faults | None = None
+) -> Generator:
+    """Load the model (unless given one), connect, and start taking jobs. Tests inject a
+    fake `pipeline` and `faults` (fault points); a deployed generator has neither."""
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
     loop = asyncio.get_running_loop()
     if pipeline is None:
@@ -209,7 +214,7 @@ async def start(settings: Settings, pipeline: pipelines.Pipeline | None = None) 
         signed_url_ttl=settings.signed_url_ttl,
     )
     event_log = EventLog(redis, settings.key_prefix)
-    faults = KillAt(settings.fault_point) if settings.fault_point else Faults()
+    faults = faults or Faults()
     services = Services(
         settings=settings,
         lifecycle=Lifecycle(

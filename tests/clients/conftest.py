@@ -35,7 +35,7 @@ from darkroom_client.aio import AsyncDarkroomClient
 from darkroom_client.retry import RetryPolicy
 
 # The session's tiny diffusers model, built and loaded once (shared with the generator tests).
-from tests.services.generator.conftest import tiny_model_path, tiny_pipeline  # noqa: F401
+from tests.services.generator.conftest import tiny_pipeline  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FAST_RETRY = RetryPolicy(max_attempts=20, initial_backoff=0.02, max_backoff=0.2)

@@ -184,8 +184,8 @@ async def test_submit_watch_and_resume_after_an_event_id(
 
     # What the Events service logged for the job, straight from Redis: the watch saw all
     # of it after the snapshot's event id, each event once.
-    entries = await redis_client.xrange(events.stream_key(stack.settings.key_prefix, job_id))
-    log = [entry_id.decode() for entry_id, _ in entries]
+    entries = await events.EventLog(redis_client, stack.settings.key_prefix).read(job_id)
+    log = [entry_id for entry_id, _ in entries]
     assert len(log) == 7  # queued, started, 4 x progress, succeeded
     covered = log.index(snapshot["event_id"]) + 1 if snapshot["event_id"] else 0
     assert _ids(logged) == log[covered:]

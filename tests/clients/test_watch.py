@@ -81,8 +81,8 @@ async def test_watch_resumes_after_an_event_id_and_ends_at_a_terminal_snapshot(
     job = await client.submit("watched twice", width=64, height=64, steps=3)
     first = [event async for event in client.watch(job.id)]
     assert ends_watch(first[-1])
-    entries = await redis_client.xrange(events.stream_key(stack.settings.key_prefix, job.id))
-    logged = [entry_id.decode() for entry_id, _ in entries]
+    entries = await events.EventLog(redis_client, stack.settings.key_prefix).read(job.id)
+    logged = [entry_id for entry_id, _ in entries]
     assert len(logged) == 6  # queued, started, 3 x progress, succeeded
 
     resumed = [event async for event in client.watch(job.id, logged[0])]

@@ -10,7 +10,8 @@ import redis.asyncio
 
 from darkroom import events
 from darkroom.config import Settings
-from darkroom.events import EVENT_FIELD, EventLog, JobEvent
+from darkroom.events import EVENT_FIELD, START, Continuity, EventLog, JobEvent
+from darkroom.keys import Keys
 from darkroom.v1 import job_pb2
 
 
@@ -36,9 +37,9 @@ async def test_a_batch_lands_in_order_with_one_notification(
 ) -> None:
     log = _log(redis_client, settings)
     job_id = str(uuid.uuid4())
-    key = events.stream_key(f"{settings.key_prefix}-log", job_id)
+    key = Keys(f"{settings.key_prefix}-log").events(job_id)
     pubsub = redis_client.pubsub()
-    await pubsub.subscribe(events.notify_channel(f"{settings.key_prefix}-log"))
+    await pubsub.subscribe(Keys(f"{settings.key_prefix}-log").notify_channel)
     await pubsub.get_message(timeout=1)  # the subscribe confirmation
     try:
         ids = await log.append_many([events.progress(job_id, 1, step, 5) for step in (1, 2, 3)])
@@ -66,7 +67,7 @@ async def test_append_survives_a_flushed_script_cache(
 ) -> None:
     log = _log(redis_client, settings)
     job_id = str(uuid.uuid4())
-    key = events.stream_key(f"{settings.key_prefix}-log", job_id)
+    key = Keys(f"{settings.key_prefix}-log").events(job_id)
     try:
         await log.append(events.queued(job_id, 0))
         await redis_client.script_flush()
@@ -85,9 +86,7 @@ async def test_a_batch_of_two_jobs_is_refused_and_writes_nothing(
     with pytest.raises(ValueError, match="one job"):
         await log.append_many([events.queued(first, 0), events.queued(second, 0)])
     prefix = f"{settings.key_prefix}-log"
-    assert not await redis_client.exists(
-        events.stream_key(prefix, first), events.stream_key(prefix, second)
-    )
+    assert not await redis_client.exists(Keys(prefix).events(first), Keys(prefix).events(second))
     assert await log.append_many([]) == []
 
 
@@ -103,9 +102,38 @@ async def test_appends_share_a_pipeline(
                 log.append_in(pipe, events.queued(job_id, 0))
             replies = await pipe.execute()
         for job_id, reply in zip(jobs, replies, strict=True):
-            [(entry_id, event)] = await _stream(redis_client, events.stream_key(prefix, job_id))
+            [(entry_id, event)] = await _stream(redis_client, Keys(prefix).events(job_id))
             assert [entry.decode() for entry in reply] == [entry_id]
             assert event.job_id == job_id
             assert event.time.ToDatetime(UTC) <= datetime.now(UTC)
     finally:
-        await redis_client.delete(*(events.stream_key(prefix, job_id) for job_id in jobs))
+        await redis_client.delete(*(Keys(prefix).events(job_id) for job_id in jobs))
+
+
+async def test_reads_follow_the_log_and_see_its_gaps(
+    redis_client: redis.asyncio.Redis, settings: Settings
+) -> None:
+    log = _log(redis_client, settings)
+    job_id = str(uuid.uuid4())
+    try:
+        assert await log.read_from(job_id, START, 10) == (Continuity.GONE, [])
+        assert await log.last(job_id) is None
+        ids = await log.append_many([events.progress(job_id, 1, step, 9) for step in range(1, 10)])
+        everything = await log.read(job_id)
+        assert [entry_id for entry_id, _ in everything] == ids
+        assert [event.progress.progress.step for _, event in everything] == list(range(1, 10))
+        assert [entry_id for entry_id, _ in await log.read(job_id, ids[5])] == ids[6:]
+        status, page = await log.read_from(job_id, ids[2], 3)
+        assert (status, [entry_id for entry_id, _ in page]) == (Continuity.OK, ids[3:6])
+        last = await log.last(job_id)
+        assert last is not None
+        assert last[0] == ids[-1]
+        assert last[1].progress.progress.step == 9
+        await redis_client.xtrim(log.key(job_id), maxlen=2, approximate=False)
+        assert await log.read_from(job_id, ids[2], 3) == (Continuity.GAP, [])
+        assert [
+            None if entry is None else entry[0]
+            for entry in await log.last_many([job_id, str(uuid.uuid4())])
+        ] == [ids[-1], None]
+    finally:
+        await redis_client.delete(log.key(job_id))

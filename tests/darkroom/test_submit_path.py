@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from darkroom import queue
 from darkroom.config import Settings
+from darkroom.keys import Keys
 from darkroom.models import State
 from darkroom.store import JobInserter, JobStore
 from tests.helpers import job_request
@@ -156,11 +157,11 @@ async def test_enqueue_writes_what_arq_would(
         message = deserialize_job(payload, deserializer=queue.deserialize)
         assert (message.function, list(message.args), message.kwargs) == (
             queue.RUN_JOB,
-            [str(job_id), 2],
+            [1, str(job_id), 2],
             {},
         )
         # The same message as arq's own enqueue_job writes, but for its enqueue time.
-        await arq_redis.enqueue_job(queue.RUN_JOB, str(job_id), 2, _job_id="by-arq")
+        await arq_redis.enqueue_job(queue.RUN_JOB, 1, str(job_id), 2, _job_id="by-arq")
         by_arq = await redis_client.get(job_key_prefix + "by-arq")
         assert by_arq is not None
         ours, theirs = queue.deserialize(payload), queue.deserialize(by_arq)
@@ -173,7 +174,7 @@ async def test_enqueue_writes_what_arq_would(
         score = await redis_client.zscore(scoped.queue_for("tiny-sd"), arq_id)
         assert score is not None
         # One wake-up token for idle workers, on a list that cannot outlive its use.
-        wake = queue.wake_key(scoped.queue_for("tiny-sd"))
+        wake = Keys.wake(scoped.queue_for("tiny-sd"))
         assert await _tokens(redis_client, wake) == 1
         assert 0 < await redis_client.pttl(wake) <= 60_000
         # Queued already: a second enqueue changes nothing (arq answers None for it).

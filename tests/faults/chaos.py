@@ -19,7 +19,7 @@ from tests.faults.cluster import Cluster, close_cluster, open_cluster, own_serve
 async def _chaos(cluster: Cluster, args: argparse.Namespace, stop: asyncio.Event) -> dict[str, int]:
     """Kill a random worker (and start a new one) or flush Redis, until `stop`."""
     rng = random.Random(args.seed)  # noqa: S311 - a reproducible fault schedule, not a secret
-    workers = [await cluster.generator("fake:?step_ms=2") for _ in range(args.workers)]
+    workers = [await cluster.generator("step_ms=2") for _ in range(args.workers)]
     done = {"kills": 0, "flushes": 0}
     while not stop.is_set() and (done["kills"] < args.kills or done["flushes"] < args.flushes):
         await asyncio.sleep(rng.uniform(0.5, 2.0))
@@ -32,7 +32,7 @@ async def _chaos(cluster: Cluster, args: argparse.Namespace, stop: asyncio.Event
             victim = workers.pop(rng.randrange(len(workers)))
             victim.kill()
             await victim.wait()
-            workers.append(await cluster.generator("fake:?step_ms=2"))
+            workers.append(await cluster.generator("step_ms=2"))
             done["kills"] += 1
     return done
 

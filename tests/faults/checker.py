@@ -111,8 +111,8 @@ async def check(
         if not _outputs_match(row):
             verdict.duplicate_effect += 1
             verdict.details.append(f"outputs of {job_id} do not match storage")
-        entries = await redis_client.xrange(events.stream_key(key_prefix, job_id))
-        logged = [events.JobEvent.FromString(fields[events.EVENT_FIELD]) for _, fields in entries]
+        entries = await events.EventLog(redis_client, key_prefix).read(job_id)
+        logged = [event for _, event in entries]
         finals = {
             event.WhichOneof("kind")
             for event in logged

@@ -110,11 +110,12 @@ class Cluster:
             **extra,
         }
 
-    async def spawn(self, module: str, **extra: str) -> asyncio.subprocess.Process:
+    async def spawn(self, module: str, *args: str, **extra: str) -> asyncio.subprocess.Process:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             module,
+            *args,
             env=self.env(**extra),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
@@ -123,11 +124,10 @@ class Cluster:
         return process
 
     async def generator(
-        self, pipeline: str = "fake:?step_ms=20", **extra: str
+        self, pace: str = "step_ms=20", *, fault: str = "", **extra: str
     ) -> asyncio.subprocess.Process:
-        return await self.spawn(
-            "darkroom.services.generator", DARKROOM_GENERATOR_MODEL_PATH=pipeline, **extra
-        )
+        """A generator process on the fake pipeline (`pace`), killed at `fault` if given."""
+        return await self.spawn("tests.fake_generator", pace, *([fault] if fault else []), **extra)
 
     async def reconciler(self) -> asyncio.subprocess.Process:
         return await self.spawn("darkroom.services.reconciler")

@@ -30,14 +30,14 @@ async def verdict(cluster: Cluster, watchers: list[WatchRecord] | None = None) -
 
 async def test_worker_sigkill_mid_job_runs_again_and_completes(cluster: Cluster) -> None:
     await cluster.reconciler()
-    doomed = await cluster.generator("fake:?step_ms=100")
+    doomed = await cluster.generator("step_ms=100")
     job_id = await cluster.submit(steps=40)
     watching = asyncio.create_task(cluster.watch(job_id, drop_every=3))
     await cluster.wait(job_id, RUNNING)
     doomed.kill()
     await doomed.wait()
     killed_at = asyncio.get_running_loop().time()
-    await cluster.generator("fake:?step_ms=5")
+    await cluster.generator("step_ms=5")
     job = await cluster.wait(job_id)
     back_after = asyncio.get_running_loop().time() - killed_at
     assert job.state == job_pb2.JOB_STATE_SUCCEEDED
@@ -49,7 +49,7 @@ async def test_worker_sigkill_mid_job_runs_again_and_completes(cluster: Cluster)
 @pytest.mark.parametrize("point", ["after_upload", "after_commit"])
 async def test_kill_at_the_edges_of_the_commit(cluster: Cluster, point: str) -> None:
     await cluster.reconciler()
-    doomed = await cluster.generator(DARKROOM_FAULT_POINT=point)
+    doomed = await cluster.generator(fault=point)
     job_id = await cluster.submit(steps=3, num_images=2, seed=7)
     watching = asyncio.create_task(cluster.watch(job_id))
     assert await asyncio.wait_for(doomed.wait(), 60) == 137
@@ -64,11 +64,11 @@ async def test_kill_at_the_edges_of_the_commit(cluster: Cluster, point: str) -> 
 
 async def test_a_zombie_worker_cannot_finish_or_publish(cluster: Cluster) -> None:
     await cluster.reconciler()
-    zombie = await cluster.generator("fake:?step_ms=100")
+    zombie = await cluster.generator("step_ms=100")
     job_id = await cluster.submit(steps=20)
     await cluster.wait(job_id, RUNNING)
     zombie.send_signal(signal.SIGSTOP)
-    await cluster.generator("fake:?step_ms=5")
+    await cluster.generator("step_ms=5")
     job = await cluster.wait(job_id)
     assert (job.state, job.attempt) == (job_pb2.JOB_STATE_SUCCEEDED, 2)
     outputs = list(job.outputs)
@@ -81,7 +81,7 @@ async def test_a_zombie_worker_cannot_finish_or_publish(cluster: Cluster) -> Non
 
 async def test_redis_flushall_under_load_loses_nothing(cluster: Cluster) -> None:
     await cluster.reconciler()
-    await cluster.generator("fake:?step_ms=5")
+    await cluster.generator("step_ms=5")
     jobs = [await cluster.submit(steps=5) for _ in range(30)]
     watchers = [asyncio.create_task(cluster.watch(job_id)) for job_id in jobs[:10]]
     await asyncio.sleep(0.3)
@@ -107,7 +107,7 @@ async def test_redis_flushall_under_load_loses_nothing(cluster: Cluster) -> None
 
 async def test_redis_down_during_submit_is_never_ok_and_lost(cluster: Cluster) -> None:
     await cluster.reconciler()
-    await cluster.generator("fake:?step_ms=5")
+    await cluster.generator("step_ms=5")
     cluster.servers.redis.close()
     accepted_while_down, refused = [], []
     for _ in range(5):
@@ -126,7 +126,7 @@ async def test_redis_down_during_submit_is_never_ok_and_lost(cluster: Cluster) -
 
 async def test_postgres_restart_under_load_loses_nothing(cluster: Cluster) -> None:
     await cluster.reconciler()
-    await cluster.generator("fake:?step_ms=10")
+    await cluster.generator("step_ms=10")
     jobs = [await cluster.submit(steps=5) for _ in range(15)]
     await asyncio.to_thread(cluster.servers.restart_postgres)
     refused = []
@@ -146,7 +146,7 @@ async def test_postgres_restart_under_load_loses_nothing(cluster: Cluster) -> No
 async def test_poison_jobs_fail_after_max_attempts(cluster: Cluster, poison: str) -> None:
     await cluster.reconciler()
     for _ in range(3):
-        await cluster.generator(f"fake:?step_ms=5&fail={poison}")
+        await cluster.generator(f"step_ms=5&fail={poison}")
     job_id = await cluster.submit(steps=3)
     job = await cluster.wait(job_id)
     assert job.state == job_pb2.JOB_STATE_FAILED
@@ -156,7 +156,7 @@ async def test_poison_jobs_fail_after_max_attempts(cluster: Cluster, poison: str
 
 async def test_a_wedged_pipeline_is_failed_and_its_worker_exits(cluster: Cluster) -> None:
     await cluster.reconciler()
-    wedged = await cluster.generator("fake:?step_ms=5&fail=hang", DARKROOM_JOB_TIMEOUT="1")
+    wedged = await cluster.generator("step_ms=5&fail=hang", DARKROOM_JOB_TIMEOUT="1")
     job_id = await cluster.submit(steps=3)
     job = await cluster.wait(job_id)
     assert job.state == job_pb2.JOB_STATE_FAILED
@@ -177,7 +177,7 @@ async def test_deadline_while_queued_fails_the_job(cluster: Cluster) -> None:
 async def test_cancel_while_queued_and_while_running(cluster: Cluster) -> None:
     queued = await cluster.submit(steps=3)
     await cluster.caller.cancel(queued)
-    await cluster.generator("fake:?step_ms=50")
+    await cluster.generator("step_ms=50")
     running = await cluster.submit(steps=100)
     await cluster.wait(running, RUNNING)
     await cluster.caller.cancel(running)
@@ -189,13 +189,13 @@ async def test_cancel_while_queued_and_while_running(cluster: Cluster) -> None:
 async def test_two_reconcilers_and_kills_at_once(cluster: Cluster) -> None:
     await cluster.reconciler()
     await cluster.reconciler()
-    doomed = [await cluster.generator("fake:?step_ms=50") for _ in range(2)]
+    doomed = [await cluster.generator("step_ms=50") for _ in range(2)]
     jobs = [await cluster.submit(steps=20) for _ in range(6)]
     watchers = [asyncio.create_task(cluster.watch(job_id, drop_every=2)) for job_id in jobs]
     await asyncio.sleep(1.0)
     for process in doomed:
         process.kill()
-    await cluster.generator("fake:?step_ms=5")
+    await cluster.generator("step_ms=5")
     finals = await cluster.wait_all(jobs)
     assert all(job.state == job_pb2.JOB_STATE_SUCCEEDED for job in finals)
     await verdict(cluster, [await watcher for watcher in watchers])

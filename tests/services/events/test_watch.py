@@ -68,10 +68,8 @@ async def test_resume_from_every_event_is_exact(
     await driver.start(job_id)
     for step in range(1, 6):
         await driver.progress(job_id, step, 5)
-    logged = [
-        entry_id.decode()
-        for entry_id, _ in await redis_client.xrange(events.stream_key(settings.key_prefix, job_id))
-    ]
+    event_log = events.EventLog(redis_client, settings.key_prefix)
+    logged = [entry_id for entry_id, _ in await event_log.read(job_id)]
     finishing = asyncio.create_task(_finish_later(driver, job_id))
     for index, after in enumerate(logged):
         received = await collect(events_stub, job_id, after=after)
@@ -99,9 +97,11 @@ async def test_resume_after_a_trimmed_stretch_gets_a_snapshot_first(
     first = await driver.progress(job_id, 1, 40)
     for step in range(2, 41):
         await driver.progress(job_id, step, 40)
-    key = events.stream_key(settings.key_prefix, job_id)
-    await redis_client.xtrim(key, maxlen=5, approximate=False)
-    last = (await redis_client.xrevrange(key, count=1))[0][0].decode()
+    event_log = events.EventLog(redis_client, settings.key_prefix)
+    await redis_client.xtrim(event_log.key(job_id), maxlen=5, approximate=False)
+    newest = await event_log.last(job_id)
+    assert newest is not None
+    last = newest[0]
     watching = asyncio.create_task(collect(events_stub, job_id, after=first))
     await asyncio.sleep(0.2)
     await driver.succeed(job_id)
@@ -124,9 +124,9 @@ async def test_a_lost_log_is_followed_through_the_row_to_the_terminal(
     await asyncio.sleep(0.2)
     # The whole log disappears (as after a Redis restart), and the terminal event is
     # never written: only the row knows the job ended.
-    await redis_client.delete(events.stream_key(settings.key_prefix, job_id))
+    await redis_client.delete(settings.keys.events(job_id))
     await driver.progress(job_id, 1, 3)
-    await redis_client.delete(events.stream_key(settings.key_prefix, job_id))
+    await redis_client.delete(settings.keys.events(job_id))
     await driver.succeed(job_id, publish=False)
     received = await watching
     assert received[0].WhichOneof("kind") == "snapshot"

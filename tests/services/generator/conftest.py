@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -20,7 +19,6 @@ import redis.asyncio
 from darkroom import events
 from darkroom.config import Settings
 from darkroom.services.generator import pipeline as pipelines
-from darkroom.services.generator import tiny_model
 from darkroom.services.generator.worker import Generator
 from darkroom.services.generator.worker import start as start_generator
 from darkroom.services.jobs.app import JobsApp
@@ -31,15 +29,6 @@ from tests.helpers import Caller
 
 TERMINAL = {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}
 _stack_numbers = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def tiny_model_path() -> Iterator[Path]:
-    """The tiny random Stable Diffusion pipeline, built and saved once per run."""
-    folder = Path(tempfile.mkdtemp(prefix="darkroom-tiny-sd-"))
-    tiny_model.build(folder)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -71,11 +60,8 @@ class Stack:
                 await asyncio.sleep(0.02)
 
     async def events(self, job_id: str) -> list[events_service_pb2.JobEvent]:
-        entries = await self.redis.xrange(events.stream_key(self.settings.key_prefix, job_id))
-        return [
-            events_service_pb2.JobEvent.FromString(fields[events.EVENT_FIELD])
-            for _, fields in entries
-        ]
+        entries = await events.EventLog(self.redis, self.settings.key_prefix).read(job_id)
+        return [event for _, event in entries]
 
     async def wait_for_event(self, job_id: str, kind: str, timeout: float = 30) -> None:
         async with asyncio.timeout(timeout):

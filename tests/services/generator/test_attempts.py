@@ -16,6 +16,7 @@ from google.api_core import exceptions as google_errors
 from sqlalchemy import update
 
 from darkroom.models import JobRow, State
+from darkroom.queue import QueueMessage
 from darkroom.services.generator.attempt import BEAT_EVERY, Attempt
 from darkroom.services.generator.pipeline import FakePipeline
 from darkroom.storage import LocalStorage
@@ -52,7 +53,7 @@ async def test_duplicate_delivery_changes_nothing(make_stack: StackFactory) -> N
     events_before = await stack.events(job.id)
     # The same message again, through the queue and straight into the worker.
     await stack.jobs.queue.enqueue(uuid.UUID(job.id), 0, "tiny-sd")
-    await stack.generator.runner.handle(job.id, 0)
+    await stack.generator.runner.handle(QueueMessage(uuid.UUID(job.id), 0))
     await asyncio.sleep(0.3)
     after = await stack.store.get_any(uuid.UUID(job.id))
     assert before is not None
@@ -97,7 +98,7 @@ async def test_a_permanent_error_fails_at_once(make_stack: StackFactory) -> None
             update(JobRow).where(JobRow.id == uuid.UUID(job.id)).values(width=100, model="tiny-sd")
         )
     # Delivered straight to the worker: the queued message sits on other-model's queue.
-    await stack.generator.runner.handle(job.id, 0)
+    await stack.generator.runner.handle(QueueMessage(uuid.UUID(job.id), 0))
     final = await stack.wait(job.id)
     assert final.state == job_pb2.JOB_STATE_FAILED
     assert final.attempt == 1
@@ -174,7 +175,7 @@ async def test_foreign_bytes_at_an_output_key_are_replaced_by_the_holder(
         await session.execute(
             update(JobRow).where(JobRow.id == uuid.UUID(job.id)).values(model="tiny-sd")
         )
-    await stack.generator.runner.handle(job.id, 0)
+    await stack.generator.runner.handle(QueueMessage(uuid.UUID(job.id), 0))
     final = await stack.wait(job.id)
     assert final.state == job_pb2.JOB_STATE_SUCCEEDED
     data = stray.read_bytes()
@@ -209,7 +210,7 @@ async def test_expired_queued_job_fails_instead_of_running(make_stack: StackFact
             .where(JobRow.id == uuid.UUID(job.id))
             .values(model="tiny-sd", deadline=JobRow.created_at)
         )
-    await stack.generator.runner.handle(job.id, 0)
+    await stack.generator.runner.handle(QueueMessage(uuid.UUID(job.id), 0))
     final = await stack.wait(job.id)
     assert final.state == job_pb2.JOB_STATE_FAILED
     assert final.attempt == 0

@@ -36,7 +36,9 @@ async def jobs(settings: Settings) -> AsyncIterator[tuple[JobsApp, Caller, Setti
     await app.close(own.model_copy(update={"shutdown_grace": timedelta(0)}))
 
 
-async def _spawn(settings: Settings, model_path: str) -> asyncio.subprocess.Process:
+async def _spawn(settings: Settings, model: str) -> asyncio.subprocess.Process:
+    """`darkroom-generator` on the model at path `model`, or, for `fake:PACE`, the same
+    process on the fake pipeline (see tests/fake_generator.py)."""
     env = {
         **os.environ,
         "DARKROOM_DATABASE_URL": settings.database_url,
@@ -44,12 +46,16 @@ async def _spawn(settings: Settings, model_path: str) -> asyncio.subprocess.Proc
         "DARKROOM_KEY_PREFIX": settings.key_prefix,
         "DARKROOM_STORAGE_URL": settings.storage_url,
         "DARKROOM_MODELS": json.dumps(settings.models),
-        "DARKROOM_GENERATOR_MODEL_PATH": model_path,
+        "DARKROOM_GENERATOR_MODEL_PATH": model,
         "DARKROOM_SHUTDOWN_GRACE": "0.2",
         "DARKROOM_LOG_JSON": "true",
     }
+    if model.startswith("fake:"):
+        command = ["-m", "tests.fake_generator", model.removeprefix("fake:")]
+    else:
+        command = ["-m", "darkroom.services.generator"]
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "darkroom.services.generator", env=env, stderr=asyncio.subprocess.PIPE
+        sys.executable, *command, env=env, stderr=asyncio.subprocess.PIPE
     )
 
 
@@ -70,7 +76,7 @@ async def test_sigterm_hands_the_running_job_back_and_exits_cleanly(
 ) -> None:
     _, caller, settings = jobs
     job = (await caller.submit(width=64, height=64, steps=150)).job
-    process = await _spawn(settings, "fake:?step_ms=50")
+    process = await _spawn(settings, "fake:step_ms=50")
     try:
         await _wait_state(caller, job.id, job_pb2.JOB_STATE_RUNNING, process)
         process.send_signal(signal.SIGTERM)

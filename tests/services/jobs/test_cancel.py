@@ -13,7 +13,7 @@ from darkroom import events
 from darkroom.config import Settings
 from darkroom.models import State
 from darkroom.store import JobStore
-from darkroom.v1 import events_service_pb2, job_pb2
+from darkroom.v1 import job_pb2
 from tests.helpers import Caller, rich_error
 
 
@@ -42,8 +42,9 @@ async def test_cancel_queued_job_is_immediate_and_terminal(
     assert cancelled.state == job_pb2.JOB_STATE_CANCELLED
     assert cancelled.HasField("end_time")
     assert (await alice.get(job.id)).state == job_pb2.JOB_STATE_CANCELLED
-    entries = await redis_client.xrange(events.stream_key(settings.key_prefix, job.id))
-    last = events_service_pb2.JobEvent.FromString(entries[-1][1][events.EVENT_FIELD])
+    logged = await events.EventLog(redis_client, settings.key_prefix).last(job.id)
+    assert logged is not None
+    last = logged[1]
     assert last.WhichOneof("kind") == "cancelled"
     assert last.cancelled.job.state == job_pb2.JOB_STATE_CANCELLED
 

@@ -15,7 +15,7 @@ import redis.asyncio
 from darkroom import events
 from darkroom.config import Settings
 from darkroom.store import JobStore
-from darkroom.v1 import events_service_pb2, job_pb2, jobs_service_pb2
+from darkroom.v1 import job_pb2, jobs_service_pb2
 from tests.helpers import Caller, rich_error
 
 RowCount = Callable[[], Awaitable[int]]
@@ -53,11 +53,11 @@ async def test_submit_enqueues_only_the_job_id_and_attempt_as_json(
     alice: Caller, redis_client: redis.asyncio.Redis, settings: Settings
 ) -> None:
     job = (await alice.submit()).job
-    arq_id = f"{settings.key_prefix}:{job.id}:0"
+    arq_id = settings.keys.message_id(job.id, 0)
     assert await redis_client.zscore(settings.queue_for("tiny-sd"), arq_id) is not None
     message = json.loads(await redis_client.get(f"arq:job:{arq_id}"))
     assert message["f"] == "run_job"
-    assert message["a"] == [job.id, 0]
+    assert message["a"] == [1, job.id, 0]  # QueueMessage version 1: [version, job, attempt]
     assert message["k"] == {}
 
 
@@ -65,9 +65,9 @@ async def test_submit_publishes_queued_event(
     alice: Caller, redis_client: redis.asyncio.Redis, settings: Settings
 ) -> None:
     job = (await alice.submit()).job
-    entries = await redis_client.xrange(events.stream_key(settings.key_prefix, job.id))
+    entries = await events.EventLog(redis_client, settings.key_prefix).read(job.id)
     assert len(entries) == 1
-    event = events_service_pb2.JobEvent.FromString(entries[0][1][events.EVENT_FIELD])
+    event = entries[0][1]
     assert event.job_id == job.id
     assert event.WhichOneof("kind") == "queued"
     assert event.queued.attempt == 0

@@ -85,9 +85,8 @@ async def batching(
 
 
 async def _announced(batching: Batching, job: JobRecord, client: redis.asyncio.Redis) -> bool:
-    key = events.stream_key(batching.settings.key_prefix, job.id)
-    entries = await client.xrange(key)
-    queued = [events.JobEvent.FromString(fields[events.EVENT_FIELD]) for _, fields in entries]
+    entries = await events.EventLog(client, batching.settings.key_prefix).read(job.id)
+    queued = [event for _, event in entries]
     state = await queue.JobQueue(batching.redis, batching.settings).message_state(
         job.id, 0, job.model
     )

@@ -61,11 +61,8 @@ class World:
         return fresh
 
     async def kinds(self, job_id: uuid.UUID) -> list[str]:
-        entries = await self.redis.xrange(events.stream_key(self.settings.key_prefix, job_id))
-        return [
-            str(events.JobEvent.FromString(fields[events.EVENT_FIELD]).WhichOneof("kind"))
-            for _, fields in entries
-        ]
+        entries = await events.EventLog(self.redis, self.settings.key_prefix).read(job_id)
+        return [str(event.WhichOneof("kind")) for _, event in entries]
 
     async def claim_expired(self, row: JobRecord) -> JobRecord:
         claimed = await self.store.claim(row.id, row.attempt, "dead-worker", timedelta(0))

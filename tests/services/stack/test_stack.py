@@ -35,7 +35,7 @@ def _port_open(port: int) -> bool:
 
 
 def test_up_serves_a_job_and_down_leaves_no_process(
-    tmp_path: Path, postgres_admin_url: str, settings: Settings
+    tmp_path: Path, postgres_admin_url: str, settings: Settings, tiny_model_path: Path
 ) -> None:
     jobs_port, events_port = devservers.free_port(), devservers.free_port()
     database = f"darkroom_stack_{RUN_ID}"
@@ -48,7 +48,8 @@ def test_up_serves_a_job_and_down_leaves_no_process(
         "DARKROOM_STACK_JOBS_PORT": str(jobs_port),
         "DARKROOM_STACK_EVENTS_PORT": str(events_port),
         "DARKROOM_KEY_PREFIX": f"{settings.key_prefix}-stack",
-        "DARKROOM_GENERATOR_MODEL_PATH": "fake:?step_ms=5",
+        "DARKROOM_GENERATOR_MODEL_PATH": str(tiny_model_path),
+        "DARKROOM_GENERATOR_DEVICE": "cpu",
     }
     command = [sys.executable, "-m", "darkroom.services.stack"]
     try:
