@@ -9,6 +9,7 @@ from google.protobuf import timestamp_pb2
 from google.rpc import status_pb2
 
 from darkroom.models import JobRecord, State
+from darkroom.spec import Spec
 from darkroom.v1 import job_pb2
 
 STATE_TO_PROTO = {
@@ -35,17 +36,7 @@ def job_to_proto(row: JobRecord, url_for: Callable[[str], str] | None = None) ->
         owner=row.owner,
         request_id=str(row.request_id),
         state=STATE_TO_PROTO[State(row.state)],
-        spec=job_pb2.JobSpec(
-            prompt=row.prompt,
-            negative_prompt=row.negative_prompt,
-            width=row.width,
-            height=row.height,
-            steps=row.steps,
-            guidance_scale=row.guidance_scale,
-            seed=row.seed,
-            num_images=row.num_images,
-            model=row.model,
-        ),
+        spec=Spec.of(row).to_proto(),
         attempt=row.attempt,
         max_attempts=row.max_attempts,
         create_time=timestamp(row.created_at),

@@ -17,17 +17,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from darkroom.db import HeldConnection
 from darkroom.models import JobRecord, JobRow, State
+from darkroom.spec import FIELDS as SPEC_FIELDS
 from darkroom.transitions import Transitions
 from darkroom.validation import JobRequest
 
-# The columns a submit sets; the others take their server defaults.
+# The columns a submit sets (the spec's among them); the others take their server defaults.
 _INSERTED = frozenset(
-    {
-        "id", "owner", "request_id", "request_hash", "prompt", "prompt_sha256",
-        "negative_prompt", "width", "height", "steps", "guidance_scale", "seed",
-        "num_images", "model", "state", "max_attempts",
-    }
-)  # fmt: skip
+    {"id", "owner", "request_id", "request_hash", "prompt_sha256", "state", "max_attempts"}
+) | frozenset(SPEC_FIELDS)
 
 
 _JOBS = cast(Table, JobRow.__table__)
@@ -111,16 +108,8 @@ def _insert_params(owner: str, job: JobRequest, max_attempts: int) -> dict[str, 
         "owner": owner,
         "request_id": str(job.request_id),
         "request_hash": job.request_hash,
-        "prompt": job.prompt,
-        "prompt_sha256": job.prompt_sha256,
-        "negative_prompt": job.negative_prompt,
-        "width": job.width,
-        "height": job.height,
-        "steps": job.steps,
-        "guidance_scale": job.guidance_scale,
-        "seed": job.seed,
-        "num_images": job.num_images,
-        "model": job.model,
+        "prompt_sha256": job.spec.prompt_sha256,
+        **job.spec.values(),
         "state": State.QUEUED.value,
         "max_attempts": max_attempts,
         "queue_timeout_s": job.queue_timeout.total_seconds(),

@@ -12,9 +12,11 @@ import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from darkroom.config import Settings
 from darkroom.errors import FieldViolation, InvalidArgumentError
+from darkroom.spec import FIELDS, Spec
 from darkroom.v1 import job_pb2, jobs_service_pb2
 
 PROMPT_MAX_CHARS = 2_000
@@ -40,20 +42,8 @@ class JobRequest:
 
     request_id: uuid.UUID
     request_hash: str
-    prompt: str
-    negative_prompt: str
-    width: int
-    height: int
-    steps: int
-    guidance_scale: float
-    seed: int
-    num_images: int
-    model: str
+    spec: Spec
     queue_timeout: timedelta
-
-    @property
-    def prompt_sha256(self) -> str:
-        return hashlib.sha256(self.prompt.encode()).hexdigest()
 
 
 def _visible(char: str) -> bool:
@@ -205,14 +195,22 @@ def validate_submit(request: jobs_service_pb2.SubmitJobRequest, settings: Settin
     return JobRequest(
         request_id=request_id,
         request_hash=_request_hash(request),
-        prompt=spec.prompt,
-        negative_prompt=spec.negative_prompt,
-        width=width,
-        height=height,
-        steps=spec.steps or settings.default_steps,
-        guidance_scale=settings.default_guidance_scale if guidance is None else guidance,
-        seed=spec.seed if spec.HasField("seed") else secrets.randbelow(SEED_MAX + 1),
-        num_images=num_images,
-        model=model,
+        spec=_spec(
+            spec,
+            width=width,
+            height=height,
+            steps=spec.steps or settings.default_steps,
+            guidance_scale=settings.default_guidance_scale if guidance is None else guidance,
+            seed=spec.seed if spec.HasField("seed") else secrets.randbelow(SEED_MAX + 1),
+            num_images=num_images,
+            model=model,
+        ),
         queue_timeout=queue_timeout,
+    )
+
+
+def _spec(given: job_pb2.JobSpec, **filled: Any) -> Spec:
+    """The recorded spec: the request's own values, with the defaults `filled` in."""
+    return Spec(
+        **{name: filled[name] if name in filled else getattr(given, name) for name in FIELDS}
     )

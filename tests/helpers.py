@@ -11,6 +11,8 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from darkroom.spec import FIELDS as SPEC_FIELDS
+from darkroom.spec import Spec
 from darkroom.v1 import job_pb2, jobs_service_pb2, jobs_service_pb2_grpc
 from darkroom.validation import JobRequest
 
@@ -38,7 +40,8 @@ def job_request(prompt: str = "a test job", **overrides: Any) -> JobRequest:
         "queue_timeout": timedelta(hours=1),
     }
     values.update(overrides)
-    return JobRequest(**values)
+    spec = Spec(**{name: values.pop(name) for name in SPEC_FIELDS})
+    return JobRequest(spec=spec, **values)
 
 
 @dataclass

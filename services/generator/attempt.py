@@ -26,10 +26,10 @@ from darkroom.services.generator.failures import Kind, PermanentError, classify
 from darkroom.services.generator.faults import Faults
 from darkroom.services.generator.outputs import LeaseLostError, store_images
 from darkroom.services.generator.pipeline import GenerationRequest, Pipeline, PipelineInterrupted
+from darkroom.spec import Spec
 from darkroom.storage import Storage
 
 log = structlog.get_logger("darkroom.generator")
-SEED_SPACE = 2**32
 # The least time between two lease renewals while steps come in: it bounds how soon a
 # cancellation is noticed (plus one tick of the monitor and one step).
 BEAT_EVERY = 0.25
@@ -176,16 +176,7 @@ class Attempt:
             await self._publish_progress()
 
     def _request(self) -> GenerationRequest:
-        row = self.row
-        return GenerationRequest(
-            prompt=row.prompt,
-            negative_prompt=row.negative_prompt,
-            width=row.width,
-            height=row.height,
-            steps=row.steps,
-            guidance_scale=row.guidance_scale,
-            seeds=[(row.seed + index) % SEED_SPACE for index in range(row.num_images)],
-        )
+        return GenerationRequest.for_spec(Spec.of(self.row))
 
     async def _generate(self) -> list[Image.Image] | None:
         """Run the pipeline on its thread; None when it was stopped early."""

@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from PIL import Image
+
+from darkroom.spec import Spec
 
 # (completed step, total steps) -> whether to go on.
 StepCallback = Callable[[int, int], bool]
@@ -24,7 +26,7 @@ StepCallback = Callable[[int, int], bool]
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """What one attempt generates: one image per seed."""
+    """What one attempt generates: one image per seed (`num_images` of them from `seed`)."""
 
     prompt: str
     negative_prompt: str
@@ -33,6 +35,18 @@ class GenerationRequest:
     steps: int
     guidance_scale: float
     seeds: list[int]
+
+    @classmethod
+    def for_spec(cls, spec: Spec) -> GenerationRequest:
+        """The request for a job's spec: image `i` gets seed `seed + i` (mod 2**32); the
+        model is the generator's own."""
+        seeds = [(spec.seed + index) % SEED_SPACE for index in range(spec.num_images)]
+        given = spec.values()
+        return cls(**{name: given[name] for name in REQUEST_FIELDS if name != "seeds"}, seeds=seeds)
+
+
+REQUEST_FIELDS = tuple(field.name for field in fields(GenerationRequest))
+SEED_SPACE = 2**32
 
 
 class PipelineInterrupted(Exception):

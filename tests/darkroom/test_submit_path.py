@@ -20,6 +20,7 @@ from darkroom import queue
 from darkroom.config import Settings
 from darkroom.keys import Keys
 from darkroom.models import State
+from darkroom.spec import Spec
 from darkroom.store import JobInserter, JobStore
 from tests.helpers import job_request
 
@@ -47,9 +48,10 @@ async def test_a_batch_keeps_every_value_exactly(store: JobStore) -> None:
     assert (row.request_id, row.request_hash, row.model) == (
         request.request_id,
         request.request_hash,
-        request.model,
+        request.spec.model,
     )
-    assert row.prompt_sha256 == request.prompt_sha256
+    assert Spec.of(row) == request.spec
+    assert row.prompt_sha256 == request.spec.prompt_sha256
     assert State(row.state) == State.QUEUED
     assert (row.attempt, row.cancel_requested, row.outputs) == (0, False, [])
     # The deadline comes from the database clock: created_at + the queue timeout.

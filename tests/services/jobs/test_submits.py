@@ -107,10 +107,10 @@ async def test_submits_under_load_share_batches_and_keep_their_own_rows(
     for request, (row, created) in zip(requests, results, strict=True):
         assert created
         assert row.request_id == request.request_id
-        assert row.prompt == request.prompt
+        assert row.prompt == request.spec.prompt
         stored = await store.get("batched", row.id)
         assert stored is not None
-        assert stored.prompt == request.prompt
+        assert stored.prompt == request.spec.prompt
         assert await _announced(batching, row, redis_client)
     assert len({row.id for row, _ in results}) == 60
 
