@@ -19,7 +19,7 @@ from PIL import Image
 from darkroom import devservers
 from darkroom.services.generator import pipeline as pipelines
 from darkroom.v1 import events_service_pb2, job_pb2
-from darkroom_client import cli
+from darkroom_client import cli, cli_generate
 from darkroom_client.aio import AsyncDarkroomClient
 from darkroom_client.progress import ProgressBar
 from tests.clients.conftest import REPO_ROOT, Stack, StackFactory
@@ -229,7 +229,7 @@ async def test_a_second_ctrl_c_while_cancelling_leaves_the_job_running(
     args = cli.build_parser().parse_args(["generate", "p"])
     job = job_pb2.Job(id="job-1")
     asyncio.get_running_loop().call_later(0.05, interrupted.set)  # the second Ctrl-C
-    code = await cli._interrupted(HangingCancel("a:1", "b:2"), args, [job], interrupted)
+    code = await cli_generate._interrupted(HangingCancel("a:1", "b:2"), args, [job], interrupted)
     assert code == 130
     err = capsys.readouterr().err
     assert "cancelling job job-1" in err

@@ -9,7 +9,6 @@ on UNAVAILABLE. `watch` resumes by itself from the last event it yielded.
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
@@ -25,7 +24,17 @@ from darkroom.v1 import (
     jobs_service_pb2_grpc,
 )
 from darkroom_client import jobs
-from darkroom_client.errors import DeadlineExceeded, Unavailable, from_rpc_error
+from darkroom_client.defaults import (
+    CHANNEL_OPTIONS,
+    DEFAULT_EVENTS_TARGET,
+    DEFAULT_JOBS_TARGET,
+    DEFAULT_TIMEOUT,
+    DEV_TOKEN,
+    events_target_from_env,
+    jobs_target_from_env,
+    token_from_env,
+)
+from darkroom_client.errors import from_rpc_error
 from darkroom_client.outputs import fetch_outputs
 from darkroom_client.retry import (
     DEFAULT_RETRY,
@@ -35,65 +44,10 @@ from darkroom_client.retry import (
     RetryPolicy,
     with_retries,
 )
-
-DEFAULT_JOBS_TARGET = "localhost:50051"
-DEFAULT_EVENTS_TARGET = "localhost:50052"
-DEV_TOKEN = "darkroom-dev-token"  # noqa: S105 - the documented development token
-DEFAULT_TIMEOUT = 10.0
-# Each WatchJob stream carries this deadline; when it passes, the watch simply resumes.
-WATCH_STREAM_DEADLINE = 300.0
-# Reconnect soon after a server comes back, instead of gRPC's default 1 s to 2 min backoff.
-CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 2_000),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-)
+from darkroom_client.watching import WatchCall, follow
 
 EventCallback = Callable[[events_service_pb2.JobEvent], object]
 JobCallback = Callable[[job_pb2.Job], object]
-
-
-def jobs_target_from_env() -> str:
-    """The Jobs address: `DARKROOM_JOBS_TARGET`, else `localhost:50051`."""
-    return os.environ.get("DARKROOM_JOBS_TARGET") or DEFAULT_JOBS_TARGET
-
-
-def events_target_from_env() -> str:
-    """The Events address: `DARKROOM_EVENTS_TARGET`, else `localhost:50052`."""
-    return os.environ.get("DARKROOM_EVENTS_TARGET") or DEFAULT_EVENTS_TARGET
-
-
-def token_from_env() -> str:
-    """The bearer token: `DARKROOM_TOKEN`, else the development token."""
-    return os.environ.get("DARKROOM_TOKEN") or DEV_TOKEN
-
-
-def _event_key(event_id: str) -> tuple[int, int] | None:
-    """An event id (`1718000000000-0`) as a comparable pair; None when it is not one."""
-    millis, _, sequence = event_id.partition("-")
-    if not (millis.isdigit() and sequence.isdigit()):
-        return None
-    return int(millis), int(sequence)
-
-
-class _Cursor:
-    """Where a watch resumes, and which events it has already yielded."""
-
-    def __init__(self, after_event_id: str) -> None:
-        self.after = after_event_id
-        self._seen = _event_key(after_event_id)
-
-    def accept(self, event: events_service_pb2.JobEvent) -> bool:
-        """Whether to yield `event` (False for a logged event yielded before); moves the
-        cursor. A snapshot is always yielded and covers the events up to its id."""
-        key = _event_key(event.event_id)
-        if key is None:
-            return True  # a snapshot taken while the event log is gone
-        if self._seen is not None and key <= self._seen:
-            return event.WhichOneof("kind") == "snapshot"
-        self.after, self._seen = event.event_id, key
-        return True
 
 
 class AsyncDarkroomClient:
@@ -286,56 +240,15 @@ class AsyncDarkroomClient:
         backoff; it never yields an event twice. `timeout` bounds the whole watch
         (default: none; each stream still carries a deadline and is resumed after it).
         """
-        loop = asyncio.get_running_loop()
-        end = None if timeout is None else loop.time() + timeout
-        cursor = _Cursor(after_event_id)
-        failures = 0
-        while True:
-            stream_deadline = WATCH_STREAM_DEADLINE
-            if end is not None:
-                stream_deadline = min(stream_deadline, end - loop.time())
-                if stream_deadline <= 0:
-                    raise DeadlineExceeded(f"job {job_id} did not end within {timeout:g} s")
-            started = loop.time()
-            call = self._events_stub.WatchJob(
-                events_service_pb2.WatchJobRequest(job_id=job_id, after_event_id=cursor.after),
-                metadata=self._metadata,
-                timeout=stream_deadline,
-            )
-            error: grpc.aio.AioRpcError | None = None
-            try:
-                async for response in call:
-                    failures = 0
-                    if not cursor.accept(response.event):
-                        continue
-                    yield response.event
-                    if jobs.ends_watch(response.event):
-                        return
-            except grpc.aio.AioRpcError as exc:
-                error = exc
-            finally:
-                call.cancel()
-            if (
-                error is not None
-                and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-                and loop.time() - started >= stream_deadline * 0.9
-            ):
-                continue  # this stream's deadline passed: open the next (or end, above)
-            failures += 1
-            await asyncio.sleep(self._resume_delay(job_id, error, failures))
 
-    def _resume_delay(
-        self, job_id: str, error: grpc.aio.AioRpcError | None, failures: int
-    ) -> float:
-        """How long to wait before resuming a watch whose stream ended with `error` (None:
-        closed before the job ended); raises when that cannot be resumed, or too often."""
-        if error is not None and (
-            error.code() not in IDEMPOTENT or failures >= self.watch_retry.max_attempts
+        def open_stream(after: str, deadline: float) -> WatchCall:
+            request = events_service_pb2.WatchJobRequest(job_id=job_id, after_event_id=after)
+            return self._events_stub.WatchJob(request, metadata=self._metadata, timeout=deadline)
+
+        async for event in follow(
+            open_stream, job_id, after_event_id, timeout=timeout, retry=self.watch_retry
         ):
-            raise from_rpc_error(error) from error
-        if failures >= self.watch_retry.max_attempts:
-            raise Unavailable(f"the watch of job {job_id} kept closing before the job ended")
-        return self.watch_retry.backoff(failures - 1)
+            yield event
 
     async def wait(self, job_id: str, *, on_event: EventCallback | None = None) -> job_pb2.Job:
         """Watch a job to its end (calling `on_event` with each event) and return it."""

@@ -17,7 +17,8 @@ import grpc
 
 from darkroom.v1 import events_service_pb2, job_pb2, jobs_service_pb2
 from darkroom_client import jobs
-from darkroom_client.aio import DEFAULT_TIMEOUT, AsyncDarkroomClient, EventCallback, JobCallback
+from darkroom_client.aio import AsyncDarkroomClient, EventCallback, JobCallback
+from darkroom_client.defaults import DEFAULT_TIMEOUT
 from darkroom_client.outputs import fetch_outputs
 from darkroom_client.retry import DEFAULT_RETRY, DEFAULT_WATCH_RETRY, RetryPolicy
 
