@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Protocol
 
 import structlog
 import uvloop
@@ -19,17 +20,24 @@ log = structlog.get_logger("darkroom.server")
 
 
 class App(Protocol):
-    """A started service that can shut itself down gracefully."""
+    """A started service: it runs until stopped (or until `wait` ends by itself, which
+    means it failed), and stops gracefully within a grace period."""
 
-    async def close(self, settings: Settings) -> None: ...
+    async def wait(self) -> None: ...
+
+    async def stop(self, grace: timedelta) -> None: ...
 
 
 async def serve(app: App, settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, then close `app` gracefully."""
-    await stop_signal().wait()
-    log.info("server_stopping", grace_s=settings.shutdown_grace.total_seconds())
-    await app.close(settings)
-    log.info("server_stopped")
+    """Serve until SIGTERM or SIGINT (or until `app` ends by itself), then stop it."""
+    stop = asyncio.ensure_future(stop_signal().wait())
+    ended = asyncio.ensure_future(app.wait())
+    await asyncio.wait({stop, ended}, return_when=asyncio.FIRST_COMPLETED)
+    log.info("process_stopping", grace_s=settings.shutdown_grace.total_seconds())
+    await app.stop(settings.shutdown_grace)
+    for waiter in (stop, ended):
+        waiter.cancel()
+    log.info("process_stopped")
 
 
 def stop_signal() -> asyncio.Event:
@@ -41,13 +49,18 @@ def stop_signal() -> asyncio.Event:
     return stop
 
 
-def main(program: str, run: Callable[[Settings], Coroutine[Any, Any, None]]) -> None:
-    """Load settings (a bad one ends the process naming it), configure logs, and run."""
+def main(program: str, start: Callable[[Settings], Awaitable[App]]) -> None:
+    """Load settings (a bad one ends the process naming it), configure logs, start the
+    app and serve it until SIGTERM: the one entry point of every Darkroom process."""
     settings = load_settings(program)
     logs.configure(settings.log_level, settings.log_json)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         try:
-            runner.run(run(settings))
+            runner.run(_run(start, settings))
         except ListenError as exc:
             print(f"{program}: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
+
+
+async def _run(start: Callable[[Settings], Awaitable[App]], settings: Settings) -> None:
+    await serve(await start(settings), settings)

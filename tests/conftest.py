@@ -117,7 +117,7 @@ def store(engine: AsyncEngine) -> JobStore:
 async def jobs_app(settings: Settings, redis_client: redis.asyncio.Redis) -> AsyncIterator[JobsApp]:
     app = await start(settings, "127.0.0.1:0")
     yield app
-    await app.close(settings)
+    await app.stop(settings.shutdown_grace)
 
 
 @pytest.fixture(scope="session")
@@ -126,7 +126,7 @@ async def events_app(
 ) -> AsyncIterator[EventsApp]:
     app = await start_events(settings, "127.0.0.1:0")
     yield app
-    await app.close(settings.model_copy(update={"shutdown_grace": timedelta(seconds=1)}))
+    await app.stop(timedelta(seconds=1))
 
 
 @pytest.fixture(scope="session")

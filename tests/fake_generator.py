@@ -13,9 +13,9 @@ import sys
 from functools import partial
 
 from darkroom import process
-from darkroom.services.generator.__main__ import run
 from darkroom.services.generator.faults import Faults, KillAt
 from darkroom.services.generator.pipeline import FakePipeline
+from darkroom.services.generator.worker import start
 
 FAULT_POINTS = ("after_upload", "after_commit")
 
@@ -26,7 +26,7 @@ def main(argv: list[str]) -> None:
         raise SystemExit(2)
     pipeline = FakePipeline.from_query(argv[0] if argv else "")
     faults = KillAt(argv[1]) if len(argv) == 2 else Faults()
-    process.main("darkroom-generator", partial(run, pipeline=pipeline, faults=faults))
+    process.main("darkroom-generator", partial(start, pipeline=pipeline, faults=faults))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 import grpc
 import redis.asyncio
@@ -17,9 +18,9 @@ from darkroom.server import RunningServer, create_server
 from darkroom.services.events.notifier import Notifier
 from darkroom.services.events.servicer import EventsServicer
 from darkroom.services.events.watch import Watch, WatchSettings
-from darkroom.storage import open_storage
 from darkroom.store import JobStore
 from darkroom.v1 import events_service_pb2, events_service_pb2_grpc
+from darkroom.wiring import storage_for
 
 SERVICE_NAME = events_service_pb2.DESCRIPTOR.services_by_name["EventsService"].full_name
 # Stream reads share this many connections, whatever the number of watchers; the
@@ -53,11 +54,15 @@ class EventsApp:
     def port(self) -> int:
         return self.running.port
 
-    async def close(self, settings: Settings) -> None:
+    async def wait(self) -> None:
+        """Until the server ends (it only does when stopped)."""
+        await self.running.server.wait_for_termination()
+
+    async def stop(self, grace: timedelta) -> None:
         """End every open stream with UNAVAILABLE, stop serving, release connections."""
         await self.running.health.enter_graceful_shutdown()
         await self.notifier.close()
-        await self.running.server.stop(settings.shutdown_grace.total_seconds())
+        await self.running.server.stop(grace.total_seconds())
         for client in (self.readers, self.listener):
             await client.aclose()
             await client.connection_pool.disconnect()
@@ -79,12 +84,7 @@ async def start(settings: Settings, address: str | None = None) -> EventsApp:
         settings=WatchSettings(
             row_poll=settings.watch_row_poll, idle_check=settings.watch_idle_check
         ),
-        url_for=open_storage(
-            settings.storage_url,
-            credentials_file=settings.gcs_credentials_file,
-            project=settings.gcs_project,
-            signed_url_ttl=settings.signed_url_ttl,
-        ).url_for,
+        url_for=storage_for(settings).url_for,
     )
     servicer = EventsServicer(watch, Authenticator(settings.auth_tokens))
 

@@ -13,21 +13,16 @@ from typing import Any
 
 import redis.exceptions
 import structlog
-from arq.connections import ArqRedis
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from darkroom import db, queue
+from darkroom import queue
 from darkroom.config import Settings
-from darkroom.events import EventLog
 from darkroom.keys import Keys
-from darkroom.lifecycle import Lifecycle
 from darkroom.services.generator import pipeline as pipelines
 from darkroom.services.generator.attempt import Attempt, Services, Stop
 from darkroom.services.generator.faults import Faults
-from darkroom.storage import open_storage
-from darkroom.store import JobStore
+from darkroom.wiring import Resources
 
 log = structlog.get_logger("darkroom.generator")
 
@@ -151,10 +146,14 @@ class Generator:
 
     worker: Worker
     runner: Runner
-    engine: AsyncEngine
-    redis: ArqRedis
+    resources: Resources
     executor: ThreadPoolExecutor
     task: asyncio.Task[Any] | None = None
+
+    async def wait(self) -> None:
+        """Until the poll loop ends: only on stop, or when it failed for good."""
+        if self.task is not None:
+            await asyncio.shield(self.task)
 
     async def stop(self, grace: timedelta) -> None:
         """Stop taking jobs, drain the current one, and close everything."""
@@ -169,10 +168,7 @@ class Generator:
         await self.worker.close()
         if self.task is not None:
             await asyncio.gather(self.task, return_exceptions=True)
-        await self.redis.aclose()
-        await self.redis.connection_pool.disconnect()
-        await self.runner.services.lifecycle.store.close()
-        await self.engine.dispose()
+        await self.resources.close()
         self.executor.shutdown(wait=True)
 
 
@@ -205,29 +201,16 @@ async def start(
                 dtype=settings.generator_dtype,
             ),
         )
-    engine = db.create_engine(settings.database_url, pool_size=2)
-    redis = queue.connect(settings)
-    storage = open_storage(
-        settings.storage_url,
-        credentials_file=settings.gcs_credentials_file,
-        project=settings.gcs_project,
-        signed_url_ttl=settings.signed_url_ttl,
-    )
-    event_log = EventLog(redis, settings.key_prefix)
     faults = faults or Faults()
+    # Claims, lease renewals and finishes go over one held connection: no pool checkout
+    # and liveness ping beside the pipeline, several times a second.
+    resources = Resources.open(settings, pool_size=2, hold_connection=True, hooks=faults)
+    redis = resources.redis
     services = Services(
         settings=settings,
-        lifecycle=Lifecycle(
-            # Claims, lease renewals and finishes go over one held connection: no pool
-            # checkout and liveness ping beside the pipeline, several times a second.
-            JobStore(engine, hold_connection=True),
-            event_log,
-            queue.JobQueue(redis, settings),
-            storage.url_for,
-            hooks=faults,
-        ),
-        storage=storage,
-        event_log=event_log,
+        lifecycle=resources.lifecycle,
+        storage=resources.storage,
+        event_log=resources.event_log,
         faults=faults,
         pipeline=pipeline,
         executor=executor,
@@ -256,7 +239,7 @@ async def start(
         job_deserializer=queue.deserialize,
         log_results=False,
     )
-    generator = Generator(worker, runner, engine, redis, executor)
+    generator = Generator(worker, runner, resources, executor)
     generator.task = asyncio.create_task(_keep_polling(worker))
     log.info(
         "generator_started",

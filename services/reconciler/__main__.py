@@ -5,64 +5,76 @@ Runs until SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from datetime import timedelta
 
 import structlog
-from arq.connections import ArqRedis
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from darkroom import db, process, queue
+from darkroom import process
 from darkroom.config import Settings
-from darkroom.events import EventLog
 from darkroom.services.reconciler.reconciler import Reconciler
-from darkroom.storage import open_storage
-from darkroom.store import JobStore
+from darkroom.wiring import Resources
 
 log = structlog.get_logger("darkroom.reconciler")
 
 
-def build(settings: Settings) -> tuple[Reconciler, AsyncEngine, ArqRedis]:
-    """A reconciler and the connections it owns."""
-    engine = db.create_engine(settings.database_url, pool_size=2)
-    redis = queue.connect(settings)
+@dataclass
+class ReconcilerApp:
+    """A reconciler running one pass every interval, until stopped."""
+
+    reconciler: Reconciler
+    resources: Resources
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    async def _loop(self) -> None:
+        interval = self.resources.settings.reconcile_interval.total_seconds()
+        log.info("reconciler_started", interval_s=interval)
+        while not self.stopping.is_set():
+            try:
+                report = await self.reconciler.run_once()
+                if any(report.as_dict().values()):
+                    log.info("reconciled", **report.as_dict())
+            except Exception as exc:  # noqa: BLE001 - a pass fails when Postgres or Redis is down; retry
+                log.warning("reconcile_failed", error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self.stopping.wait()
+
+    async def wait(self) -> None:
+        """Until the loop ends (only on stop)."""
+        if self.task is not None:
+            await asyncio.shield(self.task)
+
+    async def stop(self, grace: timedelta) -> None:
+        """Let the pass under way finish (within `grace`), then release the connections."""
+        self.stopping.set()
+        if self.task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.task), grace.total_seconds())
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        await self.resources.close()
+
+
+async def start(settings: Settings) -> ReconcilerApp:
+    """Connect (lazily) and start reconciling."""
+    resources = Resources.open(settings, pool_size=2)
     reconciler = Reconciler(
         settings,
-        store=JobStore(engine),
-        queue=queue.JobQueue(redis, settings),
-        event_log=EventLog(redis, settings.key_prefix),
-        storage=open_storage(
-            settings.storage_url,
-            credentials_file=settings.gcs_credentials_file,
-            project=settings.gcs_project,
-            signed_url_ttl=settings.signed_url_ttl,
-        ),
+        store=resources.store,
+        queue=resources.queue,
+        event_log=resources.event_log,
+        storage=resources.storage,
     )
-    return reconciler, engine, redis
-
-
-async def run(settings: Settings) -> None:
-    reconciler, engine, redis = build(settings)
-    stop = process.stop_signal()
-    log.info("reconciler_started", interval_s=settings.reconcile_interval.total_seconds())
-    while not stop.is_set():
-        try:
-            report = await reconciler.run_once()
-            if any(report.as_dict().values()):
-                log.info("reconciled", **report.as_dict())
-        except Exception as exc:  # noqa: BLE001 - a pass fails when Postgres or Redis is down; retry
-            log.warning("reconcile_failed", error=repr(exc))
-        try:
-            async with asyncio.timeout(settings.reconcile_interval.total_seconds()):
-                await stop.wait()
-        except TimeoutError:
-            pass
-    await redis.aclose()
-    await redis.connection_pool.disconnect()
-    await engine.dispose()
-    log.info("reconciler_stopped")
+    app = ReconcilerApp(reconciler, resources)
+    app.task = asyncio.create_task(app._loop())
+    return app
 
 
 def main() -> None:
-    process.main("darkroom-reconciler", run)
+    process.main("darkroom-reconciler", start)
 
 
 if __name__ == "__main__":

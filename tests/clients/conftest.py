@@ -151,7 +151,7 @@ class Stack:
         """Stop the Events server (open watches end with UNAVAILABLE), start it again on
         the same port."""
         port = self.events.port
-        await self.events.close(self.settings.model_copy(update={"shutdown_grace": timedelta(0)}))
+        await self.events.stop(timedelta(0))
         self.events = await start_events(self.settings, f"127.0.0.1:{port}")
 
     def env(self, token: str = "alice-token") -> dict[str, str]:
@@ -232,6 +232,6 @@ async def make_stack(
             await client.close()
         if stack.generator is not None:
             await stack.generator.stop(timedelta(seconds=1))
-        await stack.events.close(stack.settings)
-        await stack.jobs.close(stack.settings)
+        await stack.events.stop(stack.settings.shutdown_grace)
+        await stack.jobs.stop(stack.settings.shutdown_grace)
         shutil.rmtree(stack.storage_root, ignore_errors=True)

@@ -55,7 +55,7 @@ async def test_generate_survives_the_events_process_being_killed(
     stack = await make_stack(pipeline)
     port = stack.events.port
     # The events server runs as a real process on the stack's events port.
-    await stack.events.close(stack.settings.model_copy(update={"shutdown_grace": timedelta(0)}))
+    await stack.events.stop(timedelta(0))
     first = await _events_process(stack, port)
     env = stack.env()
     env["PYTHONPATH"] = str(REPO_ROOT)

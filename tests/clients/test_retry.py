@@ -60,7 +60,7 @@ async def test_submit_retried_after_unavailable_reuses_its_request_id(
         assert (await client.get(job.id)).id == job.id
     finally:
         await client.close()
-        await jobs.close(stack_settings)
+        await jobs.stop(stack_settings.shutdown_grace)
 
 
 async def test_gives_up_after_max_attempts_with_unavailable() -> None:

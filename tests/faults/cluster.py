@@ -244,7 +244,6 @@ async def close_cluster(world: Cluster) -> None:
             await process.wait()
     for channel in world.channels:
         await channel.close()
-    quick = world.settings.model_copy(update={"shutdown_grace": timedelta(0)})
-    await world.events.close(quick)
-    await world.jobs.close(quick)
+    await world.events.stop(timedelta(0))
+    await world.jobs.stop(timedelta(0))
     await world.redis.aclose()

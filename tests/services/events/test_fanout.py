@@ -121,8 +121,8 @@ async def test_flushall_during_a_watch_still_delivers_the_terminal(settings: Set
     finally:
         await writer.aclose()
         await writer.connection_pool.disconnect()
-        await events_app.close(own)
-        await jobs.close(own)
+        await events_app.stop(own.shutdown_grace)
+        await jobs.stop(own.shutdown_grace)
         server.close()
 
 
@@ -137,9 +137,7 @@ async def test_shutdown_ends_open_streams_with_unavailable(
             events_service_pb2.WatchJobRequest(job_id=job_id), metadata=metadata(), timeout=30
         )
         assert (await next_event(call)).WhichOneof("kind") == "snapshot"
-        closing = asyncio.create_task(
-            app.close(settings.model_copy(update={"shutdown_grace": timedelta(seconds=5)}))
-        )
+        closing = asyncio.create_task(app.stop(timedelta(seconds=5)))
         with pytest.raises(grpc.aio.AioRpcError) as ended:
             await read_rest(call)
         assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -168,4 +166,4 @@ async def test_a_silent_job_that_ended_without_its_event_is_noticed(
         assert [e.WhichOneof("kind") for e in rest] == ["snapshot"]
         assert rest[0].snapshot.job.state == job_pb2.JOB_STATE_FAILED
     finally:
-        await app.close(settings.model_copy(update={"shutdown_grace": timedelta(seconds=1)}))
+        await app.stop(timedelta(seconds=1))

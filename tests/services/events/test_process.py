@@ -67,4 +67,4 @@ async def test_sigterm_ends_open_watches_with_unavailable(
     assert rpc[-1]["method"] == "WatchJob"
     assert rpc[-1]["code"] == "UNAVAILABLE"
     assert rpc[-1]["job_id"] == job_id
-    assert lines[-1]["event"] == "server_stopped"
+    assert lines[-1]["event"] == "process_stopped"

@@ -107,4 +107,4 @@ async def make_stack(
     for stack, channel in started:
         await channel.close()
         await stack.generator.stop(timedelta(seconds=5))
-        await stack.jobs.close(stack.settings)
+        await stack.jobs.stop(stack.settings.shutdown_grace)

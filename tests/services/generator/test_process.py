@@ -33,7 +33,7 @@ async def jobs(settings: Settings) -> AsyncIterator[tuple[JobsApp, Caller, Setti
     app = await start_jobs(own, "127.0.0.1:0")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         yield app, Caller(jobs_service_pb2_grpc.JobsServiceStub(channel), "alice-token"), own
-    await app.close(own.model_copy(update={"shutdown_grace": timedelta(0)}))
+    await app.stop(timedelta(0))
 
 
 async def _spawn(settings: Settings, model: str) -> asyncio.subprocess.Process:
@@ -87,7 +87,7 @@ async def test_sigterm_hands_the_running_job_back_and_exits_cleanly(
             await process.wait()
     assert process.returncode == 0, stderr.decode()[-2000:]
     lines = [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
-    assert lines[-1]["event"] == "generator_stopped"
+    assert lines[-1]["event"] == "process_stopped"
     back = await caller.get(job.id)
     assert back.state == job_pb2.JOB_STATE_QUEUED
     assert back.attempt == 1

@@ -110,7 +110,7 @@ async def app_with(settings: Settings) -> AsyncIterator[Any]:
     for channel in channels:
         await channel.close()
     for app in started:
-        await app.close(settings.model_copy(update={"shutdown_grace": timedelta(0)}))
+        await app.stop(timedelta(0))
 
 
 async def test_database_down_is_unavailable(app_with: Any) -> None:

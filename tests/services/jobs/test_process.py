@@ -72,7 +72,7 @@ async def test_serves_then_stops_gracefully_on_sigterm(settings: Settings) -> No
     lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     names = [line["event"] for line in lines]
     assert "server_started" in names
-    assert names[-1] == "server_stopped"
+    assert names[-1] == "process_stopped"
     assert any(
         line.get("job_id") == job.id and line["method"] == "SubmitJob" and line["code"] == "OK"
         for line in lines
