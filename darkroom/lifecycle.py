@@ -173,7 +173,7 @@ class Lifecycle:
         retry_time = datetime.now(UTC) + delay
         await self._publish(events.retrying(job_id, attempt, code, message, retry_time))
         try:
-            await self.queue.enqueue(job_id, row.attempt, row.model, not_before=retry_time)
+            await self.queue.enqueue(job_id, row.attempt, row.model, delay=delay)
         except Exception as exc:  # noqa: BLE001 - the reconciler enqueues QUEUED rows
             log.warning("enqueue_deferred", job_id=str(job_id), error=repr(exc))
         return row

@@ -1,7 +1,8 @@
 """The work queue: arq on Redis, carrying a `QueueMessage` (a job id and an attempt), as JSON.
 
 Never pickle: a queue message must not be able to run code on a GPU node. arq is imported
-here and in the generator's worker only.
+here (the producer's side and the message layout) and in `darkroom.consumer` (the
+generator's side) only.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import timedelta
 from typing import Any, ClassVar
 
 from arq.connections import ArqRedis
@@ -21,7 +22,7 @@ from arq.constants import (
     retry_key_prefix,
 )
 from arq.jobs import serialize_job
-from arq.utils import timestamp_ms, to_unix_ms
+from arq.utils import timestamp_ms
 from redis.asyncio import ConnectionPool
 from redis.asyncio.client import Pipeline
 
@@ -29,6 +30,9 @@ from darkroom.config import Settings
 from darkroom.keys import Keys
 
 RUN_JOB = "run_job"
+NOW = timedelta(0)
+# The Redis client of the queue (arq's, with our JSON serializer): `connect` makes one.
+QueueRedis = ArqRedis
 
 
 class MalformedMessageError(ValueError):
@@ -69,12 +73,16 @@ class QueueMessage:
 # script writing the same keys, payload and expiry, so that any number of enqueues can
 # share one pipeline and one round trip with the events that go with them. It also pushes
 # a token on the queue's wake-up list, on which idle generators block (`Keys.wake`).
+# The due time (the score) is the Redis clock plus the delay: never a process's own clock,
+# so a skewed enqueuer cannot delay a job, and the consumer compares by the same clock.
 # KEYS: job key, result key, queue, wake-up list.
-# ARGV: expiry (ms), payload, score (ms), arq job id.
+# ARGV: expiry beyond the due time (ms), payload, delay (ms), arq job id.
 ENQUEUE_SCRIPT = """
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
-redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('PSETEX', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), ARGV[2])
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[4])
 redis.call('LPUSH', KEYS[4], '1')
 redis.call('LTRIM', KEYS[4], 0, 63)
 redis.call('PEXPIRE', KEYS[4], 60000)
@@ -125,14 +133,14 @@ class JobQueue:
         return self._settings.keys.message_id(job_id, attempt)
 
     async def enqueue(
-        self, job_id: uuid.UUID, attempt: int, model: str, *, not_before: datetime | None = None
+        self, job_id: uuid.UUID, attempt: int, model: str, *, delay: timedelta = NOW
     ) -> None:
         """Queue the attempt after `attempt` of a job on its model's queue.
 
         An id that is already queued (or still held by a worker) counts as done.
         """
         async with self._redis.pipeline(transaction=False) as pipe:
-            self.enqueue_in(pipe, job_id, attempt, model, not_before=not_before)
+            self.enqueue_in(pipe, job_id, attempt, model, delay=delay)
             await pipe.execute()
 
     def enqueue_in(
@@ -142,14 +150,13 @@ class JobQueue:
         attempt: int,
         model: str,
         *,
-        not_before: datetime | None = None,
+        delay: timedelta = NOW,
     ) -> None:
         """Add `enqueue` to `pipe`: the message arq's `enqueue_job` would write, atomically
         skipped when arq already has the id; the pipeline's reply is 1 when queued, 0 not."""
         arq_id = self.arq_job_id(job_id, attempt)
-        now_ms = timestamp_ms()
-        score = to_unix_ms(not_before) if not_before is not None else now_ms
-        expires_ms = score - now_ms + self._redis.expires_extra_ms
+        now_ms = timestamp_ms()  # arq's informational enqueue time only
+        delay_ms = max(0, int(delay.total_seconds() * 1000))
         args = QueueMessage(job_id, attempt).to_args()
         payload = serialize_job(RUN_JOB, args, {}, None, now_ms, serializer=serialize)
         queue_name = self._settings.queue_for(model)
@@ -160,9 +167,9 @@ class JobQueue:
             result_key_prefix + arq_id,
             queue_name,
             Keys.wake(queue_name),
-            str(expires_ms),
+            str(self._redis.expires_extra_ms),
             payload.decode(),
-            str(score),
+            str(delay_ms),
             arq_id,
         )
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from darkroom import db, queue
@@ -37,7 +36,7 @@ class Resources:
 
     settings: Settings
     engine: AsyncEngine
-    redis: ArqRedis
+    redis: queue.QueueRedis
     storage: Storage
     store: JobStore
     event_log: EventLog

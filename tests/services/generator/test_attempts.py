@@ -15,6 +15,7 @@ import pytest
 from google.api_core import exceptions as google_errors
 from sqlalchemy import update
 
+from darkroom.consumer import Consumer
 from darkroom.models import JobRow, State
 from darkroom.queue import QueueMessage
 from darkroom.services.generator.attempt import BEAT_EVERY, Attempt
@@ -262,23 +263,15 @@ async def test_every_step_is_reported_for_short_jobs(make_stack: StackFactory, s
     assert progress == list(range(1, steps + 1))
 
 
-def _count_polls(worker: Any) -> Callable[[], int]:
-    """Count the worker's poll iterations from now on; the returned function reads it."""
-    polls = 0
-    original = type(worker)._poll_iteration
-
-    async def counted(self: Any) -> None:
-        nonlocal polls
-        polls += 1
-        await original(self)
-
-    worker._poll_iteration = counted.__get__(worker)
-    return lambda: polls
+def _count_polls(consumer: Consumer) -> Callable[[], int]:
+    """Count the consumer's looks at the queue from now on; the returned function reads it."""
+    start = consumer.polls
+    return lambda: consumer.polls - start
 
 
 async def test_a_busy_worker_does_not_poll_the_queue(make_stack: StackFactory) -> None:
     stack = await make_stack(pipeline=FakePipeline(step_seconds=0.05))
-    polls = _count_polls(stack.generator.worker)
+    polls = _count_polls(stack.generator.consumer)
     first = (await stack.caller.submit(width=64, height=64, steps=30)).job.id
     second = (await stack.caller.submit(width=64, height=64, steps=30)).job.id
     await stack.wait_for_event(first, "started")
@@ -343,7 +336,7 @@ async def test_an_idle_worker_is_woken_by_the_enqueue_not_its_poll(
     stack = await make_stack(
         pipeline=FakePipeline(step_seconds=0.001), worker_poll_delay=timedelta(seconds=30)
     )
-    polls = _count_polls(stack.generator.worker)
+    polls = _count_polls(stack.generator.consumer)
     await asyncio.sleep(0.3)  # let it settle into its wait
     loop = asyncio.get_running_loop()
     for _ in range(3):
@@ -369,7 +362,9 @@ async def test_a_delayed_message_is_taken_when_due_without_a_wake_up(
     queue = stack.generator.runner.services.lifecycle.queue
     await queue.reset(uuid.UUID(job.id), 0, "other-model")
     due = datetime.now(UTC) + timedelta(seconds=1)
-    await queue.enqueue(uuid.UUID(job.id), 0, stack.settings.served_model, not_before=due)
+    await queue.enqueue(
+        uuid.UUID(job.id), 0, stack.settings.served_model, delay=timedelta(seconds=1)
+    )
     loop = asyncio.get_running_loop()
     began = loop.time()
     await stack.wait_for_event(job.id, "started")

@@ -1,0 +1,223 @@
+"""The generator's side of the queue: take one message at a time and run it.
+
+Our own small loop over arq's message layout (`arq:job:{id}` holds the message, the
+queue's sorted set orders ids by due time, `arq:in-progress:{id}` marks one as taken), in
+place of arq's `Worker`, which offers no hook for what a GPU worker needs and was driven
+through its private `_poll_iteration`:
+
+- it takes a message only when it is free to run it (one at a time), and looks again the
+  moment the message is done, so a busy worker never polls beside its pipeline;
+- an idle one blocks on the queue's wake-up list (`Keys.wake`), which every enqueue
+  pushes to, instead of polling; a delayed message wakes it when due;
+- taking is one atomic script that reads the due time from the Redis clock (never this
+  machine's), skips messages another worker holds, and removes ids that have no message
+  behind them, so junk in the set cannot stall the queue;
+- every error of the loop is logged and survived with backoff: only `stop` ends it.
+
+The reconciler reads the same keys (`JobQueue.message_state`, `reset`), as it did arq's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, cast
+
+import structlog
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from arq.jobs import deserialize_job
+
+from darkroom.keys import Keys
+from darkroom.queue import RUN_JOB, MalformedMessageError, QueueMessage, QueueRedis, deserialize
+
+log = structlog.get_logger("darkroom.generator")
+
+# Takes the first due message that no one holds, atomically, by the Redis clock; else
+# answers how many ids it removed for having no message behind them (look again at once).
+# KEYS: the queue. ARGV: in-progress key prefix, message key prefix, hold (ms), batch.
+# (Keys are built in the script: fine on one Redis, not on a Redis Cluster.)
+TAKE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
+local removed = 0
+for _, id in ipairs(ids) do
+  if redis.call('EXISTS', ARGV[1] .. id) == 0 then
+    local message = redis.call('GET', ARGV[2] .. id)
+    if message then
+      redis.call('PSETEX', ARGV[1] .. id, ARGV[3], '1')
+      return {id, message}
+    end
+    redis.call('ZREM', KEYS[1], id)
+    removed = removed + 1
+  end
+end
+return removed
+"""
+# The wait until the next delayed message falls due, by the Redis clock (ms; -1: none).
+NEXT_DUE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local next = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+if #next == 0 then return -1 end
+return math.max(0, tonumber(next[2]) - now)
+"""
+BATCH = 100
+# The shortest wait worth blocking for (BLPOP's timeout 0 would mean "forever").
+MIN_WAIT_SECONDS = 0.001
+# Backoff after a failing loop iteration (Redis down, refusing writes, …): doubling.
+BACKOFF = (0.1, 5.0)
+
+Handler = Callable[[QueueMessage], Awaitable[None]]
+
+
+@dataclass
+class Taken:
+    """A message this worker holds: its id and its stored bytes."""
+
+    message_id: str
+    payload: bytes
+
+
+class Consumer:
+    """Runs `handle` for each message of `queue`, one at a time, until `stop`."""
+
+    def __init__(
+        self,
+        redis: QueueRedis,
+        queue: str,
+        handle: Handler,
+        *,
+        hold: timedelta,
+        poll_delay: timedelta,
+        wakeups: bool = True,
+    ) -> None:
+        self._redis = redis
+        self._queue = queue
+        self._handle = handle
+        self._hold_ms = int(hold.total_seconds() * 1000)
+        self._poll_delay = poll_delay.total_seconds()
+        self._wakeups = wakeups
+        self._stopping = False
+        self._waiting: asyncio.Future[Any] | None = None
+        self.polls = 0  # how often it looked at the queue (the tests count them)
+
+    async def run(self) -> None:
+        """Take and run messages until `stop`; survive every error with backoff."""
+        failures = 0
+        while not self._stopping:
+            try:
+                taken = await self._take()
+                if taken is None:
+                    await self._idle()
+                else:
+                    await self._run(taken)
+                failures = 0
+            except asyncio.CancelledError:
+                if not self._stopping:
+                    raise
+            except Exception as exc:  # noqa: BLE001 - the loop must not end: log, back off
+                failures += 1
+                delay = min(BACKOFF[1], BACKOFF[0] * 2 ** (failures - 1))
+                log.warning("queue_unreachable", error=repr(exc), retry_in_s=delay)
+                await self._sleep(delay)
+
+    def stop(self) -> None:
+        """Take no more messages; the one running finishes (`run` returns after it)."""
+        self._stopping = True
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    async def _take(self) -> Taken | None:
+        while True:
+            self.polls += 1
+            reply = await self._take_script()
+            if isinstance(reply, list):
+                message_id = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+                return Taken(message_id, reply[1])
+            if not reply:
+                return None
+            log.warning("queue_junk_removed", count=reply)
+
+    async def _take_script(self) -> list[bytes] | int:
+        return await cast(
+            Awaitable[list[bytes] | int],
+            self._redis.eval(
+                TAKE_SCRIPT,
+                1,
+                self._queue,
+                in_progress_key_prefix,
+                job_key_prefix,
+                str(self._hold_ms),
+                str(BATCH),
+            ),
+        )
+
+    async def _run(self, taken: Taken) -> None:
+        try:
+            message = _decode(taken.payload)
+        except MalformedMessageError as exc:
+            log.error("message_malformed", message_id=taken.message_id, error=str(exc))
+        else:
+            if self._stopping:  # handed back untouched: the next worker takes it
+                await self._redis.delete(in_progress_key_prefix + taken.message_id)
+                return
+            await self._handle(message)
+        await self._finish(taken.message_id)
+
+    async def _finish(self, message_id: str) -> None:
+        """Forget a message that ran (its outcome is in the job row, never in Redis)."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(
+                in_progress_key_prefix + message_id,
+                retry_key_prefix + message_id,
+                job_key_prefix + message_id,
+            )
+            pipe.zrem(self._queue, message_id)
+            await pipe.execute()
+
+    async def _idle(self) -> None:
+        """Wait for work: a wake-up, the next delayed message's due time, or the poll
+        delay, whichever comes first. A token pushed since the last take is still in the
+        list, so no wake-up is lost between the take and the wait."""
+        if not self._wakeups:
+            await self._sleep(self._poll_delay)
+            return
+        wait = self._poll_delay
+        due_ms = await cast(Awaitable[int], self._redis.eval(NEXT_DUE_SCRIPT, 1, self._queue))
+        if due_ms >= 0:
+            wait = min(wait, due_ms / 1000)
+        if wait >= MIN_WAIT_SECONDS:
+            # (BLPOP takes fractions of a second since Redis 6; redis-py's hints say int.)
+            blpop = self._redis.blpop([Keys.wake(self._queue)], timeout=round(wait, 3))  # type: ignore[arg-type]
+            await self._cancellable(cast(Coroutine[Any, Any, Any], blpop))
+
+    async def _sleep(self, seconds: float) -> None:
+        await self._cancellable(asyncio.sleep(seconds))
+
+    async def _cancellable(self, waiting: Coroutine[Any, Any, Any]) -> None:
+        """Await `waiting`, unless `stop` cancels it first."""
+        if self._stopping:
+            if asyncio.iscoroutine(waiting):
+                waiting.close()  # never started: nothing to wait for
+            return
+        self._waiting = asyncio.ensure_future(waiting)
+        try:
+            await self._waiting
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+        finally:
+            self._waiting = None
+
+
+def _decode(payload: bytes) -> QueueMessage:
+    try:
+        job = deserialize_job(payload, deserializer=deserialize)
+    except Exception as exc:
+        raise MalformedMessageError(f"unreadable message: {exc!r}") from exc
+    if job.function != RUN_JOB or job.kwargs:
+        raise MalformedMessageError(f"not a {RUN_JOB} message: {job.function!r}")
+    return QueueMessage.from_args(job.args)
