@@ -18,12 +18,16 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     func,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from darkroom.spec import HasSpec
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -65,6 +69,19 @@ LEGAL_MOVES = frozenset(
 )
 
 
+class StateType(TypeDecorator[State]):
+    """The state column: stored as its name, read back as a `State` (not a bare str)."""
+
+    impl = String(16)
+    cache_ok = True
+
+    def process_bind_param(self, value: State | str | None, dialect: Dialect) -> str | None:
+        return None if value is None else State(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> State | None:
+        return None if value is None else State(value)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -91,7 +108,7 @@ class JobRow(Base):
     num_images: Mapped[int] = mapped_column(Integer)
     model: Mapped[str] = mapped_column(String(256))
 
-    state: Mapped[State] = mapped_column(String(16))
+    state: Mapped[State] = mapped_column(StateType())
     attempt: Mapped[int] = mapped_column(Integer, server_default="0")
     max_attempts: Mapped[int] = mapped_column(Integer)
     worker_id: Mapped[str | None] = mapped_column(String(256))
@@ -135,9 +152,10 @@ class JobRow(Base):
     )
 
 
-class JobRecord(Protocol):
+class JobRecord(HasSpec, Protocol):
     """A job row read without the ORM (a Core `Row` on the submit hot path, where building
-    ORM instances was a third of the CPU); a `JobRow` is one too."""
+    ORM instances was a third of the CPU); a `JobRow` is one too. The spec's columns come
+    from `HasSpec`, declared beside the spec itself."""
 
     @property
     def id(self) -> uuid.UUID: ...
@@ -148,27 +166,9 @@ class JobRecord(Protocol):
     @property
     def request_hash(self) -> str: ...
     @property
-    def prompt(self) -> str: ...
-    @property
     def prompt_sha256(self) -> str: ...
     @property
-    def negative_prompt(self) -> str: ...
-    @property
-    def width(self) -> int: ...
-    @property
-    def height(self) -> int: ...
-    @property
-    def steps(self) -> int: ...
-    @property
-    def guidance_scale(self) -> float: ...
-    @property
-    def seed(self) -> int: ...
-    @property
-    def num_images(self) -> int: ...
-    @property
-    def model(self) -> str: ...
-    @property
-    def state(self) -> str: ...
+    def state(self) -> State: ...
     @property
     def attempt(self) -> int: ...
     @property

@@ -10,7 +10,7 @@ forgets a field. Adding a spec field is the proto, a migration and one line here
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 from darkroom.v1 import job_pb2
@@ -59,8 +59,9 @@ class Spec:
         return cls(**{name: getattr(row, name) for name in FIELDS})
 
     def values(self) -> dict[str, Any]:
-        """The spec as column values."""
-        return asdict(self)
+        """The spec as column values (a flat dict: cheaper than `asdict`'s deep copy, on
+        the submit hot path)."""
+        return {name: getattr(self, name) for name in FIELDS}
 
     def to_proto(self) -> job_pb2.JobSpec:
         """The `darkroom.v1.JobSpec` message."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import Any, cast
 
 import psycopg
@@ -80,7 +79,7 @@ async def insert_jobs(
     cursor = connection.cursor(row_factory=namedtuple_row)
     await cursor.execute(_INSERT_MANY, {"batch": json.dumps(params, default=str)})
     # Named tuples: attribute access like an ORM row, at a fraction of the cost.
-    created = {row.id: row for row in cast(list[JobRecord], await cursor.fetchall())}
+    created = {typed.id: typed for typed in map(_typed, await cursor.fetchall())}
     results: list[tuple[JobRecord, bool]] = []
     for values in params:
         row = created.get(uuid.UUID(values["id"]))
@@ -89,11 +88,16 @@ async def insert_jobs(
             continue
         # Taken already, by a committed row (ON CONFLICT waited for its transaction).
         await cursor.execute(_BY_REQUEST, values)
-        existing = cast(JobRecord | None, await cursor.fetchone())
+        existing = await cursor.fetchone()
         if existing is None:  # pragma: no cover - the conflict guarantees a row
             raise RuntimeError("idempotency conflict without a row")
-        results.append((existing, False))
+        results.append((_typed(existing), False))
     return results
+
+
+def _typed(row: Any) -> JobRecord:
+    """A row psycopg read (a named tuple) with its state as a `State`, as SQLAlchemy reads it."""
+    return cast(JobRecord, row._replace(state=State(row.state)))
 
 
 def new_job_id() -> uuid.UUID:
@@ -193,62 +197,9 @@ class JobStore(Transitions):
             if requested is not None:
                 return requested, True
             current = await self.get(owner, job_id)
-            if current is None or State(current.state).terminal:
+            if current is None or current.state.terminal:
                 return current, False
         return await self.get(owner, job_id), False
-
-    # Reconciler scans: each returns a bounded batch; every change after it is conditional.
-
-    async def expired_leases(self, limit: int) -> list[JobRow]:
-        """RUNNING jobs whose lease ran out (by the database clock)."""
-        query = (
-            select(JobRow)
-            .where(JobRow.state == State.RUNNING, JobRow.lease_expires_at < func.now())
-            .order_by(JobRow.lease_expires_at)
-            .limit(limit)
-        )
-        async with self._sessions() as session:
-            return list(await session.scalars(query))
-
-    async def queued_since(self, age: timedelta, limit: int) -> list[JobRow]:
-        """QUEUED jobs, ready to run, unchanged for at least `age` (oldest first)."""
-        query = (
-            select(JobRow)
-            .where(
-                JobRow.state == State.QUEUED,
-                JobRow.run_after <= func.now(),
-                JobRow.updated_at <= func.now() - age,
-            )
-            .order_by(JobRow.run_after)
-            .limit(limit)
-        )
-        async with self._sessions() as session:
-            return list(await session.scalars(query))
-
-    async def past_deadline(self, limit: int) -> list[JobRow]:
-        """QUEUED jobs whose deadline passed."""
-        query = (
-            select(JobRow)
-            .where(JobRow.state == State.QUEUED, JobRow.deadline <= func.now())
-            .order_by(JobRow.deadline)
-            .limit(limit)
-        )
-        async with self._sessions() as session:
-            return list(await session.scalars(query))
-
-    async def ended_since(self, window: timedelta, limit: int) -> list[JobRow]:
-        """Jobs that reached a terminal state within `window`."""
-        query = (
-            select(JobRow)
-            .where(
-                JobRow.state.in_([State.SUCCEEDED, State.FAILED, State.CANCELLED]),
-                JobRow.completed_at >= func.now() - window,
-            )
-            .order_by(JobRow.completed_at.desc())
-            .limit(limit)
-        )
-        async with self._sessions() as session:
-            return list(await session.scalars(query))
 
 
 class JobInserter:

@@ -35,6 +35,11 @@ class Transitions:
         self._sessions = sessionmaker(engine)
         self._held = HeldConnection(engine, retry_on_disconnect=True) if hold_connection else None
 
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine the rows are read and written through (the caller's)."""
+        return self._engine
+
     async def close(self) -> None:
         """Close the held connection, if any (the engine stays the caller's)."""
         if self._held is not None:

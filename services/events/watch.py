@@ -23,7 +23,7 @@ import structlog
 from darkroom.convert import job_to_proto
 from darkroom.errors import FieldViolation, InvalidArgumentError, NotFoundError, UnavailableError
 from darkroom.events import START, TERMINAL_KINDS, Continuity, EventLog, JobEvent
-from darkroom.models import JobRow, State
+from darkroom.models import JobRow
 from darkroom.services.events.notifier import Notifier
 from darkroom.store import JobStore
 
@@ -130,7 +130,7 @@ class Watch:
         try:
             last, logged_terminal = await self._last(job_id)
             row = await self._row(owner, job_id)
-            if State(row.state).terminal and not (after and logged_terminal):
+            if row.state.terminal and not (after and logged_terminal):
                 # A finished job whose log cannot replay what follows `after`.
                 yield self._snapshot(row, last)
                 return
@@ -166,7 +166,7 @@ class Watch:
                 if snapshot is not None:
                     seen = _summary(row)
                     yield snapshot
-                if State(row.state).terminal:
+                if row.state.terminal:
                     return
                 if status is Continuity.GONE:
                     await self._sleep(wake, self._settings.row_poll)
@@ -183,7 +183,7 @@ class Watch:
             if not await self._sleep(wake, self._settings.idle_check):
                 # A long silence: make sure the job did not end without its event.
                 row = await self._row(owner, job_id)
-                if State(row.state).terminal:
+                if row.state.terminal:
                     yield self._snapshot(row, cursor if cursor != START else "")
                     return
 

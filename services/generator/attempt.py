@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import os
 import threading
 import time
 import uuid
-from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from datetime import timedelta
 
 import grpc
@@ -18,48 +15,18 @@ import structlog
 from PIL import Image
 
 from darkroom import events
-from darkroom.config import Settings
-from darkroom.events import EventLog
-from darkroom.lifecycle import Lifecycle
 from darkroom.models import JobRecord
+from darkroom.services.generator.context import PipelineWedgedError, Services, Stop
 from darkroom.services.generator.failures import Kind, PermanentError, classify
-from darkroom.services.generator.faults import Faults
 from darkroom.services.generator.outputs import LeaseLostError, store_images
-from darkroom.services.generator.pipeline import GenerationRequest, Pipeline, PipelineInterrupted
+from darkroom.services.generator.pipeline import GenerationRequest, PipelineInterrupted
+from darkroom.services.generator.progress import StepProgress
 from darkroom.spec import Spec
-from darkroom.storage import Storage
 
 log = structlog.get_logger("darkroom.generator")
 # The least time between two lease renewals while steps come in: it bounds how soon a
 # cancellation is noticed (plus one tick of the monitor and one step).
 BEAT_EVERY = 0.25
-
-
-class Stop(enum.Enum):
-    """Why an attempt was told to stop before it finished."""
-
-    CANCEL = "cancel"  # the owner cancelled the job
-    LOST = "lost"  # a newer attempt owns the job: publish nothing, write nothing
-    TIMEOUT = "timeout"  # the per-job execution timeout passed
-    SHUTDOWN = "shutdown"  # the worker is stopping: hand the job back at once
-
-
-class PipelineWedgedError(Exception):
-    """The pipeline thread did not stop after the execution timeout."""
-
-
-@dataclass
-class Services:
-    """What a worker gives each attempt: every move of the job goes through `lifecycle`."""
-
-    settings: Settings
-    lifecycle: Lifecycle
-    storage: Storage
-    event_log: EventLog
-    pipeline: Pipeline
-    executor: Executor
-    worker_id: str
-    faults: Faults = field(default_factory=Faults)
 
 
 class Attempt:
@@ -73,12 +40,7 @@ class Attempt:
         self.stop_reason: Stop | None = None
         self._stop = threading.Event()
         self._loop = asyncio.get_running_loop()
-        self._latest_step = 0
-        self._published_step = 0
-        self._total_steps = row.steps
-        # The progress token bucket: `progress_rate` events a second, as many in a burst.
-        self._tokens = services.settings.progress_rate
-        self._refilled = time.monotonic()
+        self.progress = StepProgress(row.steps, services.settings.progress_rate)
         self._finished = False
         self._wake = asyncio.Event()  # the first step, or the end of the attempt
 
@@ -89,9 +51,7 @@ class Attempt:
     # step does wake it: that step's lease check stops an attempt that lost its job before
     # it stores anything, and the first progress event goes out at once.
     def on_step(self, step: int, total: int) -> bool:
-        first = self._latest_step == 0
-        self._total_steps, self._latest_step = total, step
-        if first:
+        if self.progress.record(step, total):
             self._loop.call_soon_threadsafe(self._wake.set)
         return not self._stop.is_set()
 
@@ -118,22 +78,11 @@ class Attempt:
             self.request_stop(Stop.CANCEL)
 
     def _progress_due(self) -> list[events.JobEvent]:
-        """The progress events of the steps not yet published: each one while the token
-        bucket covers them all, else only the latest (one token)."""
-        latest, first = self._latest_step, self._published_step + 1
-        if latest < first:
-            return []
-        rate = self.s.settings.progress_rate
-        now = time.monotonic()
-        self._tokens = min(rate, self._tokens + (now - self._refilled) * rate)
-        self._refilled = now
-        if self._tokens < 1:
-            return []
-        steps = range(first, latest + 1) if self._tokens >= latest - first + 1 else [latest]
-        self._published_step = latest
-        self._tokens -= len(steps)
-        total = self._total_steps
-        return [events.progress(self.job_id, self.number, step, total) for step in steps]
+        """The progress events due (see `StepProgress.due`)."""
+        total = self.progress.total
+        return [
+            events.progress(self.job_id, self.number, step, total) for step in self.progress.due()
+        ]
 
     async def _publish_progress(self) -> None:
         """Publish the progress events due, in one round trip."""
@@ -162,7 +111,7 @@ class Attempt:
             self._wake.clear()
             if self._finished:
                 return
-            now, step = time.monotonic(), self._latest_step
+            now, step = time.monotonic(), self.progress.latest
             due = now - beaten >= settings.heartbeat_interval.total_seconds()
             if due or (step > beaten_step and now - beaten >= BEAT_EVERY):
                 try:

@@ -15,7 +15,8 @@ from darkroom import queue
 from darkroom.config import Settings
 from darkroom.consumer import Consumer
 from darkroom.services.generator import pipeline as pipelines
-from darkroom.services.generator.attempt import Attempt, Services, Stop
+from darkroom.services.generator.attempt import Attempt
+from darkroom.services.generator.context import Services, Stop
 from darkroom.services.generator.faults import Faults
 from darkroom.wiring import Resources
 

@@ -13,6 +13,7 @@ from darkroom.config import Settings
 from darkroom.events import TERMINAL_KINDS, EventLog
 from darkroom.lifecycle import Lifecycle
 from darkroom.queue import JobQueue
+from darkroom.services.reconciler.scans import Scans
 from darkroom.storage import Storage
 from darkroom.store import JobStore
 
@@ -53,6 +54,7 @@ class Reconciler:
         self.queue = queue
         self.event_log = event_log
         self.lifecycle = Lifecycle(store, event_log, queue, storage.url_for)
+        self.scans = Scans(store.engine)
 
     async def run_once(self) -> Report:
         report = Report()
@@ -63,7 +65,7 @@ class Reconciler:
         return report
 
     async def _expired_leases(self, report: Report) -> None:
-        for row in await self.store.expired_leases(self.settings.reconcile_batch):
+        for row in await self.scans.expired_leases(self.settings.reconcile_batch):
             reason = f"worker {row.worker_id} was lost: its lease expired"
             if row.attempt < row.max_attempts:
                 requeued = await self.lifecycle.requeue(
@@ -90,14 +92,14 @@ class Reconciler:
                 report.failed_lost += 1
 
     async def _deadlines(self, report: Report) -> None:
-        for row in await self.store.past_deadline(self.settings.reconcile_batch):
+        for row in await self.scans.past_deadline(self.settings.reconcile_batch):
             if await self.lifecycle.expire(row.id) is not None:
                 report.expired += 1
 
     async def _lost_messages(self, report: Report) -> None:
         stale = self.settings.reconcile_stale_message
         now = datetime.now(UTC)
-        for row in await self.store.queued_since(ENQUEUE_GRACE, self.settings.reconcile_batch):
+        for row in await self.scans.queued_since(ENQUEUE_GRACE, self.settings.reconcile_batch):
             state = await self.queue.message_state(row.id, row.attempt, row.model)
             if state == "waiting":
                 continue
@@ -111,7 +113,7 @@ class Reconciler:
             report.enqueued += 1
 
     async def _terminal_events(self, report: Report) -> None:
-        rows = await self.store.ended_since(
+        rows = await self.scans.ended_since(
             self.settings.reconcile_terminal_window, self.settings.reconcile_batch
         )
         if not rows:

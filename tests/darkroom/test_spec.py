@@ -13,7 +13,7 @@ from darkroom.config import Settings
 from darkroom.convert import job_to_proto
 from darkroom.models import JobRow
 from darkroom.services.generator.pipeline import REQUEST_FIELDS, GenerationRequest
-from darkroom.spec import FIELDS, Spec
+from darkroom.spec import FIELDS, HasSpec, Spec
 from darkroom.store import _COLUMNS, JobStore
 from darkroom.v1 import job_pb2, jobs_service_pb2
 from darkroom.validation import validate_submit
@@ -44,6 +44,15 @@ def test_the_row_and_the_insert_have_a_column_for_each_field() -> None:
     hints = get_type_hints(Spec)
     for name in FIELDS:
         assert columns[name].type.python_type is hints[name], name
+
+
+def test_a_job_row_has_every_field_as_a_typed_attribute() -> None:
+    members = {name for name in vars(HasSpec) if not name.startswith("_")}
+    assert members == set(FIELDS)
+    hints = get_type_hints(Spec)
+    for name in FIELDS:
+        returns = get_type_hints(getattr(HasSpec, name).fget)["return"]
+        assert returns is hints[name], name
 
 
 def test_the_client_takes_every_field_but_the_prompt_as_a_keyword() -> None:

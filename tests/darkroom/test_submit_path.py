@@ -51,7 +51,7 @@ async def test_a_batch_keeps_every_value_exactly(store: JobStore) -> None:
     )
     assert Spec.of(row) == request.spec
     assert row.prompt_sha256 == request.spec.prompt_sha256
-    assert State(row.state) == State.QUEUED
+    assert row.state is State.QUEUED  # an enum, not a bare str
     assert (row.attempt, row.cancel_requested, row.outputs) == (0, False, [])
     # The deadline comes from the database clock: created_at + the queue timeout.
     assert row.deadline - row.created_at == timedelta(seconds=90.25)

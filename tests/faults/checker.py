@@ -104,7 +104,7 @@ async def check(
     rows = {str(row.id): row for row in owned}
     for job_id in accepted_ids:
         row = rows.get(job_id)
-        if row is None or not State(row.state).terminal:
+        if row is None or not row.state.terminal:
             verdict.lost += 1
             verdict.details.append(f"lost {job_id}: {row.state if row else 'no row'}")
             continue

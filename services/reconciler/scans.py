@@ -1,0 +1,71 @@
+"""The reconciler's scans of the job table: each returns a bounded batch of rows to repair,
+oldest first; every change made after it is a conditional transition, so a row that moved
+meanwhile is simply left alone."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from darkroom.db import sessionmaker
+from darkroom.models import TERMINAL_STATES, JobRow, State
+
+
+class Scans:
+    """Reads of the rows the reconciler repairs."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._sessions = sessionmaker(engine)
+
+    async def expired_leases(self, limit: int) -> list[JobRow]:
+        """RUNNING jobs whose lease ran out (by the database clock)."""
+        query = (
+            select(JobRow)
+            .where(JobRow.state == State.RUNNING, JobRow.lease_expires_at < func.now())
+            .order_by(JobRow.lease_expires_at)
+            .limit(limit)
+        )
+        async with self._sessions() as session:
+            return list(await session.scalars(query))
+
+    async def queued_since(self, age: timedelta, limit: int) -> list[JobRow]:
+        """QUEUED jobs, ready to run, unchanged for at least `age` (oldest first)."""
+        query = (
+            select(JobRow)
+            .where(
+                JobRow.state == State.QUEUED,
+                JobRow.run_after <= func.now(),
+                JobRow.updated_at <= func.now() - age,
+            )
+            .order_by(JobRow.run_after)
+            .limit(limit)
+        )
+        async with self._sessions() as session:
+            return list(await session.scalars(query))
+
+    async def past_deadline(self, limit: int) -> list[JobRow]:
+        """QUEUED jobs whose deadline passed."""
+        query = (
+            select(JobRow)
+            .where(JobRow.state == State.QUEUED, JobRow.deadline <= func.now())
+            .order_by(JobRow.deadline)
+            .limit(limit)
+        )
+        async with self._sessions() as session:
+            return list(await session.scalars(query))
+
+    async def ended_since(self, window: timedelta, limit: int) -> list[JobRow]:
+        """Jobs that reached a terminal state within `window`."""
+        query = (
+            select(JobRow)
+            .where(
+                JobRow.state.in_(TERMINAL_STATES),
+                JobRow.completed_at >= func.now() - window,
+            )
+            .order_by(JobRow.completed_at.desc())
+            .limit(limit)
+        )
+        async with self._sessions() as session:
+            return list(await session.scalars(query))
