@@ -24,8 +24,8 @@ from darkroom.v1 import (
     jobs_service_pb2_grpc,
 )
 from darkroom_client import jobs
+from darkroom_client.channels import Stubs
 from darkroom_client.defaults import (
-    CHANNEL_OPTIONS,
     DEFAULT_EVENTS_TARGET,
     DEFAULT_JOBS_TARGET,
     DEFAULT_TIMEOUT,
@@ -77,42 +77,19 @@ class AsyncDarkroomClient:
         self.retry = retry
         self.watch_retry = watch_retry
         self._metadata = (("authorization", f"Bearer {token or token_from_env()}"),)
-        self._credentials = credentials
-        self._interceptors = list(interceptors)
-        self._channels: list[grpc.aio.Channel] = []
-        self._jobs: jobs_service_pb2_grpc.JobsServiceAsyncStub | None = None
-        self._events: events_service_pb2_grpc.EventsServiceAsyncStub | None = None
-
-    def _channel(self, target: str) -> grpc.aio.Channel:
-        options = list(CHANNEL_OPTIONS)
-        if self._credentials is None:
-            channel = grpc.aio.insecure_channel(target, options, interceptors=self._interceptors)
-        else:
-            channel = grpc.aio.secure_channel(
-                target, self._credentials, options, interceptors=self._interceptors
-            )
-        self._channels.append(channel)
-        return channel
+        self._stubs = Stubs(self.jobs_target, self.events_target, credentials, interceptors)
 
     @property
     def _jobs_stub(self) -> jobs_service_pb2_grpc.JobsServiceAsyncStub:
-        if self._jobs is None:
-            self._jobs = jobs_service_pb2_grpc.JobsServiceStub(self._channel(self.jobs_target))
-        return self._jobs
+        return self._stubs.jobs
 
     @property
     def _events_stub(self) -> events_service_pb2_grpc.EventsServiceAsyncStub:
-        if self._events is None:
-            channel = self._channel(self.events_target)
-            self._events = events_service_pb2_grpc.EventsServiceStub(channel)
-        return self._events
+        return self._stubs.events
 
     async def close(self) -> None:
         """Close the channels (calls in flight are cancelled)."""
-        channels, self._channels = self._channels, []
-        self._jobs = self._events = None
-        for channel in channels:
-            await channel.close()
+        await self._stubs.close()
 
     async def __aenter__(self) -> Self:
         return self
