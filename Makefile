@@ -87,4 +87,4 @@ chaos: install  ## 2,000 jobs with random worker kills and Redis flushes, then t
 tiny-model: .darkroom/models/tiny-sd/model_index.json  ## Build the tiny random Stable Diffusion model.
 
 .darkroom/models/tiny-sd/model_index.json: services/generator/tiny_model.py | $(VENV)/.contract
-	$(PY) -m darkroom.services.generator.tiny_model .darkroom/models/tiny-sd
+	TRANSFORMERS_VERBOSITY=error $(PY) -m darkroom.services.generator.tiny_model .darkroom/models/tiny-sd

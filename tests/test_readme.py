@@ -35,12 +35,12 @@ async def _run(argv: list[str]) -> tuple[int, str, str]:
 
 async def test_readme_grpcurl_examples_work(jobs_app: JobsApp, events_app: EventsApp) -> None:
     commands = examples()
-    assert [c[0] for c in commands] == ["grpcurl"] * 5 + ["buf"]
+    assert [c[0] for c in commands] == [".venv/bin/grpcurl"] * 5 + ["node_modules/.bin/buf"]
     addresses = {
         "localhost:50051": f"127.0.0.1:{jobs_app.port}",
         "localhost:50052": f"127.0.0.1:{events_app.port}",
     }
-    tools = {"grpcurl": GRPCURL, "buf": BUF}
+    tools = {".venv/bin/grpcurl": GRPCURL, "node_modules/.bin/buf": BUF}
     job_id = ""
     outputs = []
     # As written: list, submit, get, cancel (the job has not ended), watch, buf curl get.
@@ -59,6 +59,8 @@ async def test_readme_grpcurl_examples_work(jobs_app: JobsApp, events_app: Event
     assert "darkroom.v1.JobsService" in outputs[0]
     assert "darkroom.v1.EventsService" not in outputs[0]
     assert json.loads(outputs[2])["job"]["id"] == job_id
+    # grpcurl prints the proto names, as the README says (and its lines use).
+    assert "request_id" in json.loads(outputs[1])["job"]
     assert json.loads(outputs[3])["job"]["state"] == "JOB_STATE_CANCELLED"
     watched = [json.loads(chunk) for chunk in re.split(r"\n(?=\{)", outputs[4].strip())]
     assert watched[-1]["event"]["snapshot"]["job"]["state"] == "JOB_STATE_CANCELLED"

@@ -27,6 +27,9 @@ log = structlog.get_logger("darkroom.generator")
 # The least time between two lease renewals while steps come in: it bounds how soon a
 # cancellation is noticed (plus one tick of the monitor and one step).
 BEAT_EVERY = 0.25
+# While a step takes longer than this, the lease is renewed (and the cancel flag read) this
+# often all the same, so a cancel is noticed within about a second even on slow steps.
+CANCEL_CHECK = 1.0
 
 
 class Attempt:
@@ -112,7 +115,7 @@ class Attempt:
             if self._finished:
                 return
             now, step = time.monotonic(), self.progress.latest
-            due = now - beaten >= settings.heartbeat_interval.total_seconds()
+            due = now - beaten >= min(settings.heartbeat_interval.total_seconds(), CANCEL_CHECK)
             if due or (step > beaten_step and now - beaten >= BEAT_EVERY):
                 try:
                     await self._beat(step or None)

@@ -9,6 +9,7 @@ runs fastest when load, warm-up and generation all happen on the same thread.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -97,13 +98,19 @@ class DiffusersPipeline:
         cls, model: str, *, revision: str = "", device: str = "auto", dtype: str = "auto"
     ) -> DiffusersPipeline:
         """Load `model` (a folder or a Hugging Face id) onto `device`."""
+        # Keep the process's stderr JSON: transformers' notices (that torchvision is absent,
+        # which a text-to-image pipeline does not need) and tqdm bars go unless asked for.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         import torch  # noqa: PLC0415 - only generator processes pay for torch
         from diffusers import AutoPipelineForText2Image  # noqa: PLC0415
         from diffusers.utils import logging as diffusers_logging  # noqa: PLC0415
         from transformers.utils import logging as transformers_logging  # noqa: PLC0415
 
         diffusers_logging.set_verbosity_error()
+        diffusers_logging.disable_progress_bar()
         transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if dtype == "auto":
@@ -124,16 +131,14 @@ class DiffusersPipeline:
     def generate(self, request: GenerationRequest, on_step: StepCallback) -> list[Image.Image]:
         import torch  # noqa: PLC0415
 
-        interrupted = False
-
         def callback(
             pipe: Any, step_index: int, timestep: Any, kwargs: dict[str, Any]
         ) -> dict[str, Any]:
-            nonlocal interrupted
             total = int(getattr(pipe, "num_timesteps", request.steps) or request.steps)
             if not on_step(step_index + 1, total):
-                interrupted = True
-                pipe._interrupt = True  # diffusers documents this to stop early
+                # Raised, not diffusers' `_interrupt` flag: that one still runs the VAE
+                # decode on latents nobody wants (seconds for large images on a CPU).
+                raise PipelineInterrupted("the pipeline was interrupted")
             return kwargs
 
         # One CPU generator per image: seeds reproduce on any device.
@@ -150,8 +155,6 @@ class DiffusersPipeline:
             callback_on_step_end=callback,
             output_type="pil",
         )
-        if interrupted:
-            raise PipelineInterrupted("the pipeline was interrupted")
         images: list[Image.Image] = result.images
         return images
 
@@ -181,8 +184,6 @@ class FakePipeline:
             if self._fail == "raise":
                 raise RuntimeError("the fake pipeline was told to fail")
             if self._fail == "exit":
-                import os  # noqa: PLC0415
-
                 os._exit(70)
             if self._fail == "hang":
                 time.sleep(3600)

@@ -115,6 +115,8 @@ def start() -> dict[str, object]:
         and not (model / "model_index.json").exists()
     ):
         _say("building the tiny model")
+        # Before transformers is imported: its torchvision notice is not ours to show.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         from darkroom.services.generator.tiny_model import build  # noqa: PLC0415 - imports torch
 
         build(model)

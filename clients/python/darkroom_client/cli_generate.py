@@ -116,5 +116,5 @@ async def _interrupted(
     if job.state == job_pb2.JOB_STATE_CANCELLED:
         say(f"cancelled job {job_id}")
     else:
-        say(f"cancel requested: job {job_id} stops at its next step")
+        say(f"cancel requested: job {job_id} stops at the end of its current step")
     return EXIT_INTERRUPTED

@@ -373,3 +373,27 @@ async def test_a_delayed_message_is_taken_when_due_without_a_wake_up(
     assert row is not None
     assert row.started_at is not None
     assert row.started_at >= due - timedelta(milliseconds=50)
+
+
+async def test_a_cancel_is_noticed_within_a_second_even_on_slow_steps(
+    make_stack: StackFactory,
+) -> None:
+    # The production heartbeat (5 s), not the tests' quicker one.
+    stack = await make_stack(
+        pipeline=FakePipeline(step_seconds=1.5),
+        heartbeat_interval=timedelta(seconds=5),
+        lease=timedelta(seconds=15),
+    )
+    job = (await stack.caller.submit(width=64, height=64, steps=10)).job
+    await stack.wait_for_event(job.id, "progress")  # step 1 done, and its lease renewal
+    loop = asyncio.get_running_loop()
+    asked = loop.time()
+    await stack.caller.cancel(job.id)
+    done = await stack.wait(job.id)
+    assert done.state == job_pb2.JOB_STATE_CANCELLED
+    # Read at the next renewal, a second on (not only after the next 1.5 s step), it
+    # stops the pipeline at the end of the step in progress: ~1.5 s, where waiting for
+    # a step's renewal would take ~3 s.
+    assert loop.time() - asked < 2.5
+    steps = [e.progress.progress.step for e in await stack.events(job.id) if e.HasField("progress")]
+    assert max(steps) <= 3
