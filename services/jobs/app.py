@@ -11,10 +11,10 @@ import grpc
 from darkroom import queue
 from darkroom.auth import Authenticator
 from darkroom.config import Settings
+from darkroom.inserts import JobInserter
 from darkroom.server import RunningServer, create_server
 from darkroom.services.jobs.servicer import JobsServicer
 from darkroom.services.jobs.submits import SubmitBatcher
-from darkroom.store import JobInserter
 from darkroom.v1 import jobs_service_pb2, jobs_service_pb2_grpc
 from darkroom.wiring import Resources
 

@@ -21,9 +21,9 @@ from redis.asyncio import Redis
 from darkroom import events
 from darkroom.config import Settings
 from darkroom.events import EventLog
+from darkroom.inserts import JobInserter
 from darkroom.models import JobRecord
 from darkroom.queue import JobQueue
-from darkroom.store import JobInserter
 from darkroom.validation import JobRequest
 
 log = structlog.get_logger("darkroom.jobs")

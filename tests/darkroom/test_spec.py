@@ -11,10 +11,11 @@ import sqlalchemy
 
 from darkroom.config import Settings
 from darkroom.convert import job_to_proto
+from darkroom.inserts import INSERTED_COLUMNS
 from darkroom.models import JobRow
 from darkroom.services.generator.pipeline import REQUEST_FIELDS, GenerationRequest
 from darkroom.spec import FIELDS, HasSpec, Spec
-from darkroom.store import _COLUMNS, JobStore
+from darkroom.store import JobStore
 from darkroom.v1 import job_pb2, jobs_service_pb2
 from darkroom.validation import validate_submit
 from darkroom_client.jobs import SpecFields
@@ -40,7 +41,7 @@ def test_the_proto_has_exactly_the_spec_fields() -> None:
 def test_the_row_and_the_insert_have_a_column_for_each_field() -> None:
     columns = sqlalchemy.inspect(JobRow).columns
     assert set(FIELDS) <= set(columns.keys())
-    assert set(FIELDS) <= {column.name for column in _COLUMNS}
+    assert set(FIELDS) <= {column.name for column in INSERTED_COLUMNS}
     hints = get_type_hints(Spec)
     for name in FIELDS:
         assert columns[name].type.python_type is hints[name], name

@@ -17,10 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from darkroom import queue
 from darkroom.config import Settings
+from darkroom.inserts import JobInserter
 from darkroom.keys import Keys
 from darkroom.models import State
 from darkroom.spec import Spec
-from darkroom.store import JobInserter, JobStore
+from darkroom.store import JobStore
 from tests.helpers import job_request
 
 

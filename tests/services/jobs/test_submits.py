@@ -19,9 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from darkroom import events, queue
 from darkroom.config import Settings
 from darkroom.events import EventLog
+from darkroom.inserts import JobInserter
 from darkroom.models import JobRecord
 from darkroom.services.jobs.submits import SubmitBatcher
-from darkroom.store import JobInserter, JobStore
+from darkroom.store import JobStore
 from darkroom.validation import JobRequest
 from tests.helpers import job_request
 
