@@ -121,7 +121,7 @@ class Consumer:
             except Exception as exc:  # noqa: BLE001 - the loop must not end: log, back off
                 failures += 1
                 delay = min(BACKOFF[1], BACKOFF[0] * 2 ** (failures - 1))
-                log.warning("queue_unreachable", error=repr(exc), retry_in_s=delay)
+                log.warning("queue_loop_failed", error=repr(exc), retry_in_s=delay)
                 await self._sleep(delay)
 
     def stop(self) -> None:
