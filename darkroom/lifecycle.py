@@ -65,7 +65,9 @@ class Lifecycle:
         """The `Job` message of a row, with fetchable output URLs."""
         return job_to_proto(row, self._url_for)
 
-    async def _publish(self, *batch: JobEvent) -> None:
+    async def publish(self, *batch: JobEvent) -> None:
+        """Append events of one job, best effort: the row stays the truth when Redis fails
+        (progress between moves; the moves' own events go out from the moves)."""
         try:
             await self._events.append_many(batch)
         except Exception as exc:  # noqa: BLE001 - the row is the truth; the reconciler repairs
@@ -77,11 +79,11 @@ class Lifecycle:
         if row is None:
             return
         self._hooks.after_commit(move, row)
-        await self._publish(*before, events.terminal(self.job(row)))
+        await self.publish(*before, events.terminal(self.job(row)))
 
     async def publish_terminal(self, row: JobRecord) -> None:
         """(Re)publish the terminal event of a finished job: the reconciler's repair."""
-        await self._publish(events.terminal(self.job(row)))
+        await self.publish(events.terminal(self.job(row)))
 
     # -- the worker's moves; `attempt` is always the caller's own, which fences it --------
 
@@ -95,7 +97,7 @@ class Lifecycle:
         if row is None:
             await self.expire(job_id)
             return None
-        await self._publish(events.started(job_id, row.attempt, worker_id))
+        await self.publish(events.started(job_id, row.attempt, worker_id))
         return row
 
     async def heartbeat(
@@ -171,7 +173,7 @@ class Lifecycle:
             await self._ended("cancel", row)
             return row
         retry_time = datetime.now(UTC) + delay
-        await self._publish(events.retrying(job_id, attempt, code, message, retry_time))
+        await self.publish(events.retrying(job_id, attempt, code, message, retry_time))
         try:
             await self.queue.enqueue(job_id, row.attempt, row.model, delay=delay)
         except Exception as exc:  # noqa: BLE001 - the reconciler enqueues QUEUED rows

@@ -64,13 +64,6 @@ class Attempt:
             self.stop_reason = reason
             self._stop.set()
 
-    async def _publish(self, *batch: events.JobEvent) -> None:
-        try:
-            await self.s.event_log.append_many(batch)
-        except Exception as exc:  # noqa: BLE001 - events are best effort; the row is the truth
-            kinds = sorted({str(event.WhichOneof("kind")) for event in batch})
-            log.warning("event_publish_failed", kinds=kinds, error=repr(exc))
-
     async def _beat(self, step: int | None) -> None:
         row = await self.s.lifecycle.heartbeat(
             self.job_id, self.number, self.s.settings.lease, step
@@ -90,7 +83,7 @@ class Attempt:
     async def _publish_progress(self) -> None:
         """Publish the progress events due, in one round trip."""
         if due := self._progress_due():
-            await self._publish(*due)
+            await self.s.lifecycle.publish(*due)
 
     async def _monitor(self) -> None:
         """Renew the lease, record and publish progress, and notice cancellation.

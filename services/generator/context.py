@@ -7,7 +7,6 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from darkroom.config import Settings
-from darkroom.events import EventLog
 from darkroom.lifecycle import Lifecycle
 from darkroom.services.generator.faults import Faults
 from darkroom.services.generator.pipeline import Pipeline
@@ -34,7 +33,6 @@ class Services:
     settings: Settings
     lifecycle: Lifecycle
     storage: Storage
-    event_log: EventLog
     pipeline: Pipeline
     executor: Executor
     worker_id: str

@@ -124,7 +124,6 @@ async def start(
         settings=settings,
         lifecycle=resources.lifecycle,
         storage=resources.storage,
-        event_log=resources.event_log,
         faults=faults,
         pipeline=pipeline,
         executor=executor,

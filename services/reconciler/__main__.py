@@ -61,13 +61,7 @@ class ReconcilerApp:
 async def start(settings: Settings) -> ReconcilerApp:
     """Connect (lazily) and start reconciling."""
     resources = Resources.open(settings, pool_size=2)
-    reconciler = Reconciler(
-        settings,
-        store=resources.store,
-        queue=resources.queue,
-        event_log=resources.event_log,
-        storage=resources.storage,
-    )
+    reconciler = Reconciler(settings, lifecycle=resources.lifecycle, event_log=resources.event_log)
     app = ReconcilerApp(reconciler, resources)
     app.task = asyncio.create_task(app._loop())
     return app

@@ -12,10 +12,7 @@ import structlog
 from darkroom.config import Settings
 from darkroom.events import TERMINAL_KINDS, EventLog
 from darkroom.lifecycle import Lifecycle
-from darkroom.queue import JobQueue
 from darkroom.services.reconciler.scans import Scans
-from darkroom.storage import Storage
-from darkroom.store import JobStore
 
 log = structlog.get_logger("darkroom.reconciler")
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
@@ -44,17 +41,14 @@ class Reconciler:
         self,
         settings: Settings,
         *,
-        store: JobStore,
-        queue: JobQueue,
+        lifecycle: Lifecycle,
         event_log: EventLog,
-        storage: Storage,
     ) -> None:
         self.settings = settings
-        self.store = store
-        self.queue = queue
+        self.lifecycle = lifecycle
+        self.queue = lifecycle.queue
         self.event_log = event_log
-        self.lifecycle = Lifecycle(store, event_log, queue, storage.url_for)
-        self.scans = Scans(store.engine)
+        self.scans = Scans(lifecycle.store.engine)
 
     async def run_once(self) -> Report:
         report = Report()

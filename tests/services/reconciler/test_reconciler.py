@@ -20,6 +20,7 @@ from darkroom import db, events, queue
 from darkroom.config import Settings
 from darkroom.convert import job_to_proto
 from darkroom.events import EventLog
+from darkroom.lifecycle import Lifecycle
 from darkroom.models import JobRecord, JobRow, State
 from darkroom.services.reconciler.reconciler import Reconciler
 from darkroom.storage import LocalStorage
@@ -28,6 +29,10 @@ from tests.conftest import create_database, drop_database
 from tests.helpers import RUN_ID, job_request
 
 _numbers = itertools.count()
+
+
+def _lifecycle(store: JobStore, log: EventLog, jobs_queue: queue.JobQueue) -> Lifecycle:
+    return Lifecycle(store, log, jobs_queue, LocalStorage(Path(tempfile.gettempdir())).url_for)
 
 
 @dataclass
@@ -42,10 +47,8 @@ class World:
     def another(self) -> Reconciler:
         return Reconciler(
             self.settings,
-            store=self.store,
-            queue=self.queue,
+            lifecycle=_lifecycle(self.store, self.log, self.queue),
             event_log=self.log,
-            storage=LocalStorage(Path(tempfile.gettempdir())),
         )
 
     async def job(self, **values: object) -> JobRow:
@@ -88,13 +91,7 @@ async def world(postgres_admin_url: str, settings: Settings) -> AsyncIterator[Wo
     store = JobStore(engine)
     jobs_queue = queue.JobQueue(client, own)
     log = EventLog(client, own.key_prefix)
-    reconciler = Reconciler(
-        own,
-        store=store,
-        queue=jobs_queue,
-        event_log=log,
-        storage=LocalStorage(Path(tempfile.gettempdir())),
-    )
+    reconciler = Reconciler(own, lifecycle=_lifecycle(store, log, jobs_queue), event_log=log)
     yield World(own, store, jobs_queue, log, client, reconciler)
     await client.aclose()
     await client.connection_pool.disconnect()
