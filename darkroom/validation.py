@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from google.protobuf import duration_pb2
+
 from darkroom.config import Settings
 from darkroom.errors import FieldViolation, InvalidArgumentError
 from darkroom.spec import FIELDS, Spec
@@ -26,6 +28,8 @@ GUIDANCE_MIN, GUIDANCE_MAX = 0.0, 30.0
 IMAGES_MIN, IMAGES_MAX = 1, 4
 SEED_MAX = 2**32 - 1
 QUEUE_TIMEOUT_MIN, QUEUE_TIMEOUT_MAX = timedelta(seconds=1), timedelta(hours=24)
+# What google.protobuf.Duration allows: about 10,000 years, nanos of the seconds' sign.
+DURATION_SECONDS_MAX, DURATION_NANOS_MAX = 315_576_000_000, 999_999_999
 # Bidirectional controls reorder how text displays without changing it ("Trojan Source");
 # a prompt never needs them. Zero-width joiners stay allowed: emoji and scripts use them.
 BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
@@ -54,7 +58,7 @@ def _text(field: str, value: str, *, required: bool) -> list[FieldViolation]:
     if not value:
         return [FieldViolation(field, "is required")] if required else []
     problems = []
-    if required and not any(_visible(char) for char in value):
+    if required and not any(_visible(char) for char in value[:PROMPT_MAX_CHARS]):
         problems.append(
             FieldViolation(
                 field,
@@ -68,7 +72,9 @@ def _text(field: str, value: str, *, required: bool) -> list[FieldViolation]:
                 field, f"must be at most {PROMPT_MAX_CHARS:,} characters (got {len(value):,})"
             )
         )
-    for position, char in enumerate(value):
+    # Only as far as the limit: the rest is refused anyway, and scanning megabytes of it
+    # character by character would hold up the server's event loop.
+    for position, char in enumerate(value[:PROMPT_MAX_CHARS]):
         if char in "\n\t":
             continue
         if unicodedata.category(char) == "Cc" or char in BIDI_CONTROLS:
@@ -111,6 +117,48 @@ def parse_uuid(field: str, value: str) -> tuple[uuid.UUID | None, list[FieldViol
             FieldViolation(field, f"must be a UUID such as {uuid.UUID(int=0)} ({shown!r})")
         ]
     return parsed, []
+
+
+def parse_duration(
+    field: str, value: duration_pb2.Duration
+) -> tuple[timedelta | None, list[FieldViolation]]:
+    """A Duration as a timedelta, or say why it is not a valid Duration (out-of-range
+    nanos or seconds, or nanos of the other sign, which `ToTimedelta` would accept or
+    overflow on)."""
+    seconds, nanos = value.seconds, value.nanos
+    if abs(nanos) > DURATION_NANOS_MAX or seconds * nanos < 0:
+        return None, [
+            FieldViolation(
+                field,
+                f"is not a valid Duration: nanos must be from -{DURATION_NANOS_MAX:,} to "
+                f"{DURATION_NANOS_MAX:,} and of the same sign as seconds "
+                f"(got seconds={seconds}, nanos={nanos})",
+            )
+        ]
+    if abs(seconds) > DURATION_SECONDS_MAX:
+        return None, [
+            FieldViolation(
+                field,
+                f"is not a valid Duration: seconds must be from -{DURATION_SECONDS_MAX:,} to "
+                f"{DURATION_SECONDS_MAX:,} (got {seconds})",
+            )
+        ]
+    return value.ToTimedelta(), []
+
+
+def _within(value: duration_pb2.Duration, low: timedelta, high: timedelta) -> bool:
+    """Whether a valid Duration is from `low` to `high` to the nanosecond (a timedelta
+    holds microseconds: 24 hours and 1 ns would round to 24 hours)."""
+    microsecond = timedelta(microseconds=1)
+    return low // microsecond * 1_000 <= value.ToNanoseconds() <= high // microsecond * 1_000
+
+
+def _seconds(value: duration_pb2.Duration) -> str:
+    """A valid Duration in seconds, every digit kept: `86400.000000001`, `-0.5`."""
+    nanos = value.ToNanoseconds()
+    whole, fraction = divmod(abs(nanos), 1_000_000_000)
+    shown = f"{'-' if nanos < 0 else ''}{whole:,}"
+    return f"{shown}.{fraction:09d}".rstrip("0") if fraction else shown
 
 
 def _request_hash(request: jobs_service_pb2.SubmitJobRequest) -> str:
@@ -179,18 +227,21 @@ def validate_submit(request: jobs_service_pb2.SubmitJobRequest, settings: Settin
             )
         )
 
-    queue_timeout = settings.queue_timeout
+    queue_timeout: timedelta | None = settings.queue_timeout
     if request.HasField("queue_timeout"):
-        queue_timeout = request.queue_timeout.ToTimedelta()
-        if not QUEUE_TIMEOUT_MIN <= queue_timeout <= QUEUE_TIMEOUT_MAX:
+        queue_timeout, problems = parse_duration("queue_timeout", request.queue_timeout)
+        violations += problems
+        if queue_timeout is not None and not _within(
+            request.queue_timeout, QUEUE_TIMEOUT_MIN, QUEUE_TIMEOUT_MAX
+        ):
             violations.append(
                 FieldViolation(
                     "queue_timeout",
-                    f"must be from 1 second to 24 hours (got {queue_timeout.total_seconds():g} s)",
+                    f"must be from 1 second to 24 hours (got {_seconds(request.queue_timeout)} s)",
                 )
             )
 
-    if violations or request_id is None:
+    if violations or request_id is None or queue_timeout is None:
         raise InvalidArgumentError("the job request is invalid", violations)
     return JobRequest(
         request_id=request_id,

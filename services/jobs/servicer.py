@@ -6,11 +6,13 @@ import base64
 import binascii
 import json
 import uuid
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import grpc
 import structlog
 
+from darkroom import db
 from darkroom.auth import Authenticator
 from darkroom.config import Settings
 from darkroom.convert import PROTO_TO_STATE
@@ -20,6 +22,7 @@ from darkroom.errors import (
     FieldViolation,
     InvalidArgumentError,
     NotFoundError,
+    UnavailableError,
 )
 from darkroom.lifecycle import Lifecycle
 from darkroom.models import JobRecord
@@ -31,7 +34,10 @@ from darkroom.validation import parse_uuid, validate_submit
 log = structlog.get_logger("darkroom.jobs")
 
 Context = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 1_000
+# Our tokens are about 90 characters; anything much longer is not one, and is not parsed.
+PAGE_TOKEN_MAX_CHARS = 256
 
 
 def _job_id(value: str) -> uuid.UUID:
@@ -42,7 +48,12 @@ def _job_id(value: str) -> uuid.UUID:
 
 
 class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
-    """Handlers of the JobsService RPCs, scoped to the authenticated owner."""
+    """Handlers of the JobsService RPCs, scoped to the authenticated owner.
+
+    Every RPC answers within `settings.request_bound`, whatever Postgres and Redis do:
+    reads are `bounded` by the database timeout, a cancel by the whole bound (its row,
+    then its event), a submit by the `SubmitBatcher` (its row, then its announce).
+    """
 
     def __init__(
         self,
@@ -57,9 +68,18 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
         self.store = lifecycle.store
         self.submits = submits
         self.authenticator = authenticator
+        self._read_timeout = settings.database_timeout.total_seconds()
+        self._cancel_timeout = settings.request_bound.total_seconds()
 
     def _proto(self, row: JobRecord) -> job_pb2.Job:
         return self.lifecycle.job(row)
+
+    async def _bounded(self, work: Awaitable[T], seconds: float) -> T:
+        """`work`, or UNAVAILABLE once it has taken `seconds` (see `db.bounded`)."""
+        try:
+            return await db.bounded(work, seconds)
+        except TimeoutError as exc:
+            raise UnavailableError(str(exc)) from exc
 
     @unary("SubmitJob")
     async def SubmitJob(
@@ -81,7 +101,7 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
     ) -> jobs_service_pb2.GetJobResponse:
         job_id = _job_id(request.job_id)
         structlog.contextvars.bind_contextvars(job_id=str(job_id))
-        row = await self.store.get(owner, job_id)
+        row = await self._bounded(self.store.get(owner, job_id), self._read_timeout)
         if row is None:
             raise NotFoundError(f"job {job_id} not found")
         return jobs_service_pb2.GetJobResponse(job=self._proto(row))
@@ -109,7 +129,10 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
             raise InvalidArgumentError("the list request is invalid", violations)
         page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         state = PROTO_TO_STATE.get(request.state)
-        rows = await self.store.list_owned(owner, state=state, before=before, limit=page_size + 1)
+        rows = await self._bounded(
+            self.store.list_owned(owner, state=state, before=before, limit=page_size + 1),
+            self._read_timeout,
+        )
         response = jobs_service_pb2.ListJobsResponse(
             jobs=[self._proto(row) for row in rows[:page_size]]
         )
@@ -123,7 +146,9 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
     ) -> jobs_service_pb2.CancelJobResponse:
         job_id = _job_id(request.job_id)
         structlog.contextvars.bind_contextvars(job_id=str(job_id))
-        row, changed = await self.lifecycle.cancel(owner, job_id)
+        row, changed = await self._bounded(
+            self.lifecycle.cancel(owner, job_id), self._cancel_timeout
+        )
         if row is None:
             raise NotFoundError(f"job {job_id} not found")
         if not changed:
@@ -140,12 +165,19 @@ def _encode_page_token(last_id: uuid.UUID, state: int) -> str:
 
 
 def _decode_page_token(token: str, state: int) -> uuid.UUID | None:
-    """The id a page starts before, or None when the token is not ours or not for `state`."""
+    """The id a page starts before, or None when the token is not one `_encode_page_token`
+    wrote for `state` (whatever else it decodes to)."""
+    if len(token) > PAGE_TOKEN_MAX_CHARS:
+        return None
     try:
         padded = token + "=" * (-len(token) % 4)
-        payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        if payload["state"] != state:
-            return None
-        return uuid.UUID(payload["before"])
-    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        payload: Any = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (binascii.Error, ValueError):  # bad base64, bad UTF-8 or bad JSON
         return None
+    if not isinstance(payload, dict) or payload.keys() != {"before", "state"}:
+        return None
+    # `type` rather than isinstance: JSON's true is not state 1.
+    if type(payload["state"]) is not int or payload["state"] != state:
+        return None
+    before = payload["before"]
+    return parse_uuid("page_token", before)[0] if isinstance(before, str) else None

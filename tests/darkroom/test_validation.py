@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from darkroom.config import Settings
 from darkroom.errors import InvalidArgumentError
 from darkroom.v1 import job_pb2, jobs_service_pb2
-from darkroom.validation import validate_submit
+from darkroom.validation import PROMPT_MAX_CHARS, validate_submit
 
 REQUEST_ID = str(uuid.UUID(int=1))
 
@@ -68,3 +69,77 @@ def test_the_request_hash_ignores_the_request_id_only(settings: Settings) -> Non
     again.request_id = str(uuid.UUID(int=2))
     assert validate_submit(again, settings).request_hash == first.request_hash
     assert validate_submit(_submit(seed=6), settings).request_hash != first.request_hash
+
+
+def _with_timeout(seconds: int, nanos: int) -> jobs_service_pb2.SubmitJobRequest:
+    request = _submit()
+    request.queue_timeout.seconds = seconds
+    request.queue_timeout.nanos = nanos
+    return request
+
+
+def _queue_timeout_problem(seconds: int, nanos: int, settings: Settings) -> str:
+    with pytest.raises(InvalidArgumentError) as raised:
+        validate_submit(_with_timeout(seconds, nanos), settings)
+    [violation] = raised.value.violations
+    assert violation.field == "queue_timeout"
+    return violation.description
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"),
+    [
+        (2**62, 0),  # ToTimedelta overflows
+        (-(2**62), 0),
+        (2**63 - 1, 999_999_999),
+        (315_576_000_001, 0),  # past Duration's 10,000 years, though a timedelta holds it
+        (60, 1_000_000_000),  # ToTimedelta would take it as 61 s
+        (60, -(2**31)),
+        (60, -1),  # signs differ
+        (-60, 1),
+    ],
+)
+def test_a_queue_timeout_that_is_no_valid_duration_is_refused_as_such(
+    settings: Settings, seconds: int, nanos: int
+) -> None:
+    assert _queue_timeout_problem(seconds, nanos, settings).startswith("is not a valid Duration")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"), [(0, 999_999_999), (0, -1), (86_400, 1), (315_576_000_000, 0)]
+)
+def test_a_valid_duration_outside_the_range_is_refused_for_its_range(
+    settings: Settings, seconds: int, nanos: int
+) -> None:
+    assert _queue_timeout_problem(seconds, nanos, settings).startswith("must be from 1 second")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos", "expected"),
+    [
+        (1, 0, timedelta(seconds=1)),
+        (86_399, 999_999_999, timedelta(seconds=86_399, microseconds=999_999)),
+        (86_400, 0, timedelta(hours=24)),
+    ],
+)
+def test_queue_timeouts_at_the_edges_are_taken_exactly(
+    settings: Settings, seconds: int, nanos: int, expected: timedelta
+) -> None:
+    assert validate_submit(_with_timeout(seconds, nanos), settings).queue_timeout == expected
+
+
+def test_an_over_long_prompt_is_scanned_only_as_far_as_the_limit(settings: Settings) -> None:
+    # The NUL past the limit is not looked for: the length alone refuses the prompt, and a
+    # megabyte scanned character by character would hold up the server.
+    request = _submit(prompt="p" * PROMPT_MAX_CHARS + "\x00" * 1_000_000)
+    with pytest.raises(InvalidArgumentError) as raised:
+        validate_submit(request, settings)
+    [violation] = raised.value.violations
+    assert (violation.field, violation.description) == (
+        "spec.prompt",
+        f"must be at most {PROMPT_MAX_CHARS:,} characters (got {PROMPT_MAX_CHARS + 1_000_000:,})",
+    )
+    # Within the limit, a control character is still found wherever it is.
+    assert _violations(_submit(prompt="p" * (PROMPT_MAX_CHARS - 1) + "\x00"), settings) == [
+        "spec.prompt"
+    ]
