@@ -12,7 +12,11 @@ through its private `_poll_iteration`:
 - taking is one atomic script that reads the due time from the Redis clock (never this
   machine's), skips messages another worker holds, and removes ids that have no message
   behind them, so junk in the set cannot stall the queue;
-- every error of the loop is logged and survived with backoff: only `stop` ends it.
+- every error of the loop is logged and survived with backoff: only `stop` ends it;
+- a message that cannot be read, or that keeps failing (or killing its worker) without
+  finishing, is poison: it goes to the queue's dead letters (`Keys.dead_letter`) with the
+  reason, and its job is told (`reject`), so it can neither be retried forever nor stop
+  a worker. A failure of a dependency (Redis, Postgres) is not held against a message.
 
 The reconciler reads the same keys (`JobQueue.message_state`, `reset`), as it did arq's.
 """
@@ -20,11 +24,15 @@ The reconciler reads the same keys (`JobQueue.message_state`, `reset`), as it di
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
+import redis.exceptions
+import sqlalchemy.exc
 import structlog
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.jobs import deserialize_job
@@ -34,27 +42,46 @@ from darkroom.queue import RUN_JOB, MalformedMessageError, QueueMessage, QueueRe
 
 log = structlog.get_logger("darkroom.generator")
 
-# Takes the first due message that no one holds, atomically, by the Redis clock; else
-# answers how many ids it removed for having no message behind them (look again at once).
-# KEYS: the queue. ARGV: in-progress key prefix, message key prefix, hold (ms), batch.
+# Takes the first due message that no one holds, atomically, by the Redis clock, and
+# counts the take; else answers how many ids it removed for having no message behind them
+# (look again at once). A message taken more than `most` times without finishing (its
+# handling kills the worker, or keeps failing) is poison: it is moved to the dead letters
+# with the reason, never taken again, and answered so the job can be told.
+# KEYS: the queue, its delivery counts, its dead letters.
+# ARGV: in-progress key prefix, message key prefix, hold (ms), batch, most deliveries.
+# Answers {"taken", id, message, count}, or {"none", removed} plus the id and message of
+# the one it has just set aside, if any (then the caller looks again).
 # (Keys are built in the script: fine on one Redis, not on a Redis Cluster.)
 TAKE_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
-local removed = 0
+local reply = {'none', 0}
 for _, id in ipairs(ids) do
   if redis.call('EXISTS', ARGV[1] .. id) == 0 then
     local message = redis.call('GET', ARGV[2] .. id)
-    if message then
-      redis.call('PSETEX', ARGV[1] .. id, ARGV[3], '1')
-      return {id, message}
+    if not message then
+      redis.call('ZREM', KEYS[1], id)
+      reply[2] = reply[2] + 1
+    else
+      local count = redis.call('HINCRBY', KEYS[2], id, 1)
+      if count <= tonumber(ARGV[5]) then
+        redis.call('PSETEX', ARGV[1] .. id, ARGV[3], '1')
+        return {'taken', id, message, count}
+      end
+      local reason = 'taken ' .. (count - 1) .. ' times without finishing'
+      local letter = cjson.encode({reason = reason, time_ms = now, message = message})
+      redis.call('HSET', KEYS[3], id, letter)
+      redis.call('ZREM', KEYS[1], id)
+      redis.call('DEL', ARGV[2] .. id)
+      redis.call('HDEL', KEYS[2], id)
+      reply[#reply + 1] = id
+      reply[#reply + 1] = message
+      return reply
     end
-    redis.call('ZREM', KEYS[1], id)
-    removed = removed + 1
   end
 end
-return removed
+return reply
 """
 # The wait until the next delayed message falls due, by the Redis clock (ms; -1: none).
 NEXT_DUE_SCRIPT = """
@@ -65,12 +92,25 @@ if #next == 0 then return -1 end
 return math.max(0, tonumber(next[2]) - now)
 """
 BATCH = 100
+# How often a message may be taken without finishing before it is set aside as poison.
+MOST_DELIVERIES = 5
 # The shortest wait worth blocking for (BLPOP's timeout 0 would mean "forever").
 MIN_WAIT_SECONDS = 0.001
 # Backoff after a failing loop iteration (Redis down, refusing writes, …): doubling.
 BACKOFF = (0.1, 5.0)
+# Failures of what the handler depends on, not of the message: a take that ends in one
+# is not counted against the message, which runs again once the dependency is back.
+DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # ConnectionError, TimeoutError, socket errors
+    redis.exceptions.RedisError,  # unreachable, or refusing writes (out of memory, read-only)
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+)
 
 Handler = Callable[[QueueMessage], Awaitable[None]]
+# Told about a message set aside as poison (with the reason), so its job can end.
+Rejecter = Callable[[QueueMessage, str], Awaitable[None]]
 
 
 @dataclass
@@ -79,6 +119,7 @@ class Taken:
 
     message_id: str
     payload: bytes
+    deliveries: int = 1  # how often it has been taken, this time included
 
 
 class Consumer:
@@ -93,10 +134,12 @@ class Consumer:
         hold: timedelta,
         poll_delay: timedelta,
         wakeups: bool = True,
+        reject: Rejecter | None = None,
     ) -> None:
         self._redis = redis
         self._queue = queue
         self._handle = handle
+        self._reject = reject
         self._hold_ms = int(hold.total_seconds() * 1000)
         self._poll_delay = poll_delay.total_seconds()
         self._wakeups = wakeups
@@ -134,24 +177,33 @@ class Consumer:
         while True:
             self.polls += 1
             reply = await self._take_script()
-            if isinstance(reply, list):
-                message_id = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-                return Taken(message_id, reply[1])
-            if not reply:
+            kind = _text(reply[0])
+            if kind == "taken":
+                return Taken(_text(reply[1]), reply[2], int(reply[3]))
+            removed, dead = int(reply[1]), reply[2:]
+            for index in range(0, len(dead), 2):
+                message_id = _text(dead[index])
+                reason = f"taken {MOST_DELIVERIES} times without finishing"
+                await self._dead(message_id, dead[index + 1], reason)
+            if not removed and not dead:
                 return None
-            log.warning("queue_junk_removed", count=reply)
+            if removed:
+                log.warning("queue_junk_removed", count=removed)
 
-    async def _take_script(self) -> list[bytes] | int:
+    async def _take_script(self) -> list[Any]:
         return await cast(
-            Awaitable[list[bytes] | int],
+            Awaitable[list[Any]],
             self._redis.eval(
                 TAKE_SCRIPT,
-                1,
+                3,
                 self._queue,
+                Keys.deliveries(self._queue),
+                Keys.dead_letter(self._queue),
                 in_progress_key_prefix,
                 job_key_prefix,
                 str(self._hold_ms),
                 str(BATCH),
+                str(MOST_DELIVERIES),
             ),
         )
 
@@ -159,13 +211,50 @@ class Consumer:
         try:
             message = _decode(taken.payload)
         except MalformedMessageError as exc:
-            log.error("message_malformed", message_id=taken.message_id, error=str(exc))
-        else:
-            if self._stopping:  # handed back untouched: the next worker takes it
-                await self._redis.delete(in_progress_key_prefix + taken.message_id)
-                return
+            await self._set_aside(taken, f"malformed: {exc}")
+            return
+        if self._stopping:  # handed back untouched: the next worker takes it
+            await self._release(taken.message_id, counted=False)
+            return
+        try:
             await self._handle(message)
+        except Exception as exc:
+            if isinstance(exc, DEPENDENCY_ERRORS):
+                # Not the message's fault: it runs again after the loop's backoff.
+                await self._release(taken.message_id, counted=False)
+                raise
+            if taken.deliveries >= MOST_DELIVERIES:
+                await self._set_aside(taken, f"failed {taken.deliveries} times: {exc!r}")
+                return
+            await self._release(taken.message_id, counted=True)
+            raise
         await self._finish(taken.message_id)
+
+    async def _release(self, message_id: str, *, counted: bool) -> None:
+        """Hand a message back to the queue at once (for this or another worker)."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(in_progress_key_prefix + message_id)
+            if not counted:
+                pipe.hincrby(Keys.deliveries(self._queue), message_id, -1)
+            await pipe.execute()
+
+    async def _set_aside(self, taken: Taken, reason: str) -> None:
+        """Move a poison message to the dead letters, then tell its job."""
+        letter = {"reason": reason, "time_ms": int(time.time() * 1000)}
+        letter["message"] = taken.payload.decode(errors="replace")
+        await self._redis.hset(Keys.dead_letter(self._queue), taken.message_id, json.dumps(letter))  # type: ignore[misc]
+        await self._finish(taken.message_id)
+        await self._dead(taken.message_id, taken.payload, reason)
+
+    async def _dead(self, message_id: str, payload: bytes, reason: str) -> None:
+        log.error("message_dead_lettered", message_id=message_id, reason=reason)
+        if self._reject is None:
+            return
+        try:
+            message = _decode(payload)
+        except MalformedMessageError:
+            return  # no job to tell
+        await self._reject(message, reason)
 
     async def _finish(self, message_id: str) -> None:
         """Forget a message that ran (its outcome is in the job row, never in Redis)."""
@@ -176,6 +265,7 @@ class Consumer:
                 job_key_prefix + message_id,
             )
             pipe.zrem(self._queue, message_id)
+            pipe.hdel(Keys.deliveries(self._queue), message_id)
             await pipe.execute()
 
     async def _idle(self) -> None:
@@ -211,6 +301,10 @@ class Consumer:
                 raise
         finally:
             self._waiting = None
+
+
+def _text(value: bytes | str | int) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _decode(payload: bytes) -> QueueMessage:

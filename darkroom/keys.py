@@ -21,6 +21,11 @@ class Keys:
         """The stream of one job's events (see `darkroom.events`)."""
         return f"{self.prefix}:job:{job_id}:events"
 
+    def ended(self, job_id: uuid.UUID | str) -> str:
+        """Set when a job's terminal event is appended to its stream: from then on the
+        stream takes no more events, so it never holds two terminal events."""
+        return f"{self.prefix}:job:{job_id}:ended"
+
     @property
     def notify_channel(self) -> str:
         """The pub/sub channel that carries the id of every job that has a new event.
@@ -44,6 +49,18 @@ class Keys:
         blocks on it (BLPOP) instead of polling. Tokens are capped and expire: nobody may
         be listening."""
         return f"{queue}:wake"
+
+    @staticmethod
+    def deliveries(queue: str) -> str:
+        """How often each message of a queue was taken without finishing (a hash: message
+        id -> count): a message taken too often is poison and is set aside."""
+        return f"{queue}:deliveries"
+
+    @staticmethod
+    def dead_letter(queue: str) -> str:
+        """The messages set aside from a queue (a hash: message id -> JSON with the reason,
+        the time and the message), never retried; an operator reads them."""
+        return f"{queue}:dead"
 
     def message_id(self, job_id: uuid.UUID | str, attempt: int) -> str:
         """The queue message id of one attempt: one per attempt, so a finished attempt

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -31,6 +31,7 @@ from darkroom.v1 import job_pb2
 log = structlog.get_logger("darkroom.lifecycle")
 
 DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+INTERNAL = grpc.StatusCode.INTERNAL.value[0]
 EXPIRED_MESSAGE = "the job was not started before its deadline"
 
 __all__ = ["DEADLINE_EXCEEDED", "EXPIRED_MESSAGE", "LEGAL_MOVES", "Hooks", "Lifecycle"]
@@ -45,7 +46,7 @@ class Hooks:
 
 
 class Lifecycle:
-    """The moves of jobs: claim, heartbeat, succeed, fail, cancel, requeue, expire."""
+    """The moves of jobs: claim, heartbeat, succeed, fail, cancel, requeue, expire, reject."""
 
     def __init__(
         self,
@@ -172,8 +173,8 @@ class Lifecycle:
         if row.state == State.CANCELLED:
             await self._ended("cancel", row)
             return row
-        retry_time = datetime.now(UTC) + delay
-        await self.publish(events.retrying(job_id, attempt, code, message, retry_time))
+        # When it may run again, by the database clock (never this process's).
+        await self.publish(events.retrying(job_id, attempt, code, message, row.run_after))
         try:
             await self.queue.enqueue(job_id, row.attempt, row.model, delay=delay)
         except Exception as exc:  # noqa: BLE001 - the reconciler enqueues QUEUED rows
@@ -188,6 +189,14 @@ class Lifecycle:
         if row is not None:
             log.info("job_expired", job_id=str(job_id))
         await self._ended("expire", row)
+        return row
+
+    async def reject(self, job_id: uuid.UUID, queued_attempt: int, reason: str) -> JobRecord | None:
+        """QUEUED -> FAILED (INTERNAL) for a job whose queue message was set aside as poison:
+        it was taken too often without finishing. Then `failed`."""
+        message = f"the job could not be run: its queue message was set aside ({reason})"
+        row = await self.store.reject(job_id, queued_attempt, INTERNAL, message)
+        await self._ended("reject", row)
         return row
 
     async def cancel(self, owner: str, job_id: uuid.UUID) -> tuple[JobRecord | None, bool]:

@@ -12,7 +12,7 @@ from typing import Protocol
 import structlog
 import uvloop
 
-from darkroom import logs
+from darkroom import clock, logs
 from darkroom.config import Settings, load_settings
 from darkroom.server import ListenError
 
@@ -28,16 +28,28 @@ class App(Protocol):
     async def stop(self, grace: timedelta) -> None: ...
 
 
+class AppEndedError(RuntimeError):
+    """The app ended without being asked to: the process must exit with a failure, so
+    that its supervisor starts it again."""
+
+
 async def serve(app: App, settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT (or until `app` ends by itself), then stop it."""
+    """Serve until SIGTERM or SIGINT, then stop it. An app that ends by itself has failed:
+    it is stopped all the same, then `AppEndedError` says so."""
     stop = asyncio.ensure_future(stop_signal().wait())
     ended = asyncio.ensure_future(app.wait())
     await asyncio.wait({stop, ended}, return_when=asyncio.FIRST_COMPLETED)
+    failure: BaseException | None = None
+    if ended.done() and not stop.done():
+        failure = ended.exception() if not ended.cancelled() else None
+        log.error("process_failed", error=repr(failure) if failure else "it ended by itself")
     log.info("process_stopping", grace_s=settings.shutdown_grace.total_seconds())
     await app.stop(settings.shutdown_grace)
     for waiter in (stop, ended):
         waiter.cancel()
     log.info("process_stopped")
+    if ended.done() and not stop.done():
+        raise AppEndedError("the app ended without being stopped") from failure
 
 
 def stop_signal() -> asyncio.Event:
@@ -60,7 +72,14 @@ def main(program: str, start: Callable[[Settings], Awaitable[App]]) -> None:
         except ListenError as exc:
             print(f"{program}: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
+        except AppEndedError:
+            raise SystemExit(1) from None
 
 
 async def _run(start: Callable[[Settings], Awaitable[App]], settings: Settings) -> None:
-    await serve(await start(settings), settings)
+    app = await start(settings)
+    checking = asyncio.create_task(clock.check(settings))  # a warning in the logs at most
+    try:
+        await serve(app, settings)
+    finally:
+        checking.cancel()

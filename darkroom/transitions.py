@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, case, func, update
+from sqlalchemy import ColumnElement, Table, case, func, or_, update
 from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -88,7 +88,9 @@ class Transitions:
     ) -> JobRecord | None:
         """QUEUED -> RUNNING as attempt `queued_attempt + 1`, leased by the database clock.
 
-        None when the job is not QUEUED at `queued_attempt` or is past its deadline.
+        None when the job is not QUEUED at `queued_attempt`, or has never started and is
+        past its deadline (the deadline bounds the wait before the first start only: a job
+        handed back or lost after it started runs again while attempts remain).
         """
         return await self.transition(
             job_id,
@@ -103,7 +105,7 @@ class Transitions:
                 "progress_total": JobRow.steps,
             },
             attempt=queued_attempt,
-            where=[JobRow.deadline > func.now()],
+            where=[or_(JobRow.deadline > func.now(), JobRow.started_at.is_not(None))],
         )
 
     async def heartbeat(
@@ -206,7 +208,7 @@ class Transitions:
         )
 
     async def expire(self, job_id: uuid.UUID, code: int, message: str) -> JobRecord | None:
-        """QUEUED -> FAILED for a job that did not start before its deadline."""
+        """QUEUED -> FAILED for a job that never started and is past its deadline."""
         return await self.transition(
             job_id,
             State.QUEUED,
@@ -216,5 +218,22 @@ class Transitions:
                 "error_code": code,
                 "error_message": message,
             },
-            where=[JobRow.deadline <= func.now()],
+            where=[JobRow.deadline <= func.now(), JobRow.started_at.is_(None)],
+        )
+
+    async def reject(
+        self, job_id: uuid.UUID, queued_attempt: int, code: int, message: str
+    ) -> JobRecord | None:
+        """QUEUED -> FAILED for a job whose queue message at `queued_attempt` was set aside
+        as poison (it could not be run)."""
+        return await self.transition(
+            job_id,
+            State.QUEUED,
+            {
+                "state": State.FAILED,
+                "completed_at": func.now(),
+                "error_code": code,
+                "error_message": message,
+            },
+            attempt=queued_attempt,
         )

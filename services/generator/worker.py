@@ -58,6 +58,12 @@ class Runner:
             self.current = None
             self.idle.set()
 
+    async def reject(self, message: queue.QueueMessage, reason: str) -> None:
+        """The consumer set the message aside as poison: end its job, if still waiting."""
+        row = await self.services.lifecycle.reject(message.job_id, message.attempt, reason)
+        if row is not None:
+            log.error("job_rejected", job_id=str(message.job_id), reason=reason)
+
     async def drain(self, grace: timedelta) -> None:
         """Let the current attempt finish within `grace`, else hand it back to the queue."""
         try:
@@ -139,6 +145,7 @@ async def start(
         hold=settings.job_timeout + settings.lease * 4 + timedelta(seconds=60),
         poll_delay=settings.worker_poll_delay,
         wakeups=settings.worker_wakeups,
+        reject=runner.reject,
     )
     generator = Generator(consumer, runner, resources, executor)
     generator.task = asyncio.create_task(consumer.run())
