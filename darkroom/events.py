@@ -113,13 +113,19 @@ def terminal(job: job_pb2.Job) -> JobEvent:
 # Appends a job's events to its stream, renews the stream's expiry and notifies the Events
 # services, as one atomic command: one round trip and one reply to parse, whatever the
 # number of events (a MULTI/EXEC pipeline took five commands and five replies per event).
-# KEYS: the stream. ARGV: max length, expiry (s), channel, job id, field, event, event, …
+# A batch holding a terminal event marks the stream ended; a batch for an ended stream is
+# dropped whole and answers no ids: a stream holds at most one terminal event and nothing
+# after it (a late republish, a zombie's progress), with no check-then-append race.
+# KEYS: the stream, its ended marker. ARGV: max length, expiry (s), channel, job id, field,
+# whether the batch ends the stream ("1"/"0"), event, event, …
 APPEND_SCRIPT = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return {} end
 local ids = {}
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', ARGV[5], ARGV[i])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+if ARGV[6] == '1' then redis.call('SET', KEYS[2], '1', 'EX', ARGV[2]) end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return ids
 """
@@ -145,12 +151,15 @@ class EventLog:
         self._terminal_ttl = terminal_ttl
 
     async def append(self, event: JobEvent) -> str:
-        """Append `event` to its job's stream and return its event id."""
-        [event_id] = await self.append_many([event])
-        return event_id
+        """Append `event` to its job's stream and return its event id ("" when the stream
+        has already ended: see `append_many`)."""
+        ids = await self.append_many([event])
+        return ids[0] if ids else ""
 
     async def append_many(self, batch: Sequence[JobEvent]) -> list[str]:
-        """Append events of one job, in order, in one round trip; their event ids."""
+        """Append events of one job, in order, in one round trip; their event ids. A job
+        whose terminal event is in its stream takes nothing more: the batch is dropped
+        and the answer is []."""
         if not batch:
             return []
         keys, args = self._script_args(batch)
@@ -217,7 +226,8 @@ class EventLog:
 
     def append_in(self, pipe: Pipeline, event: JobEvent) -> None:
         """Add the append of `event` to `pipe` (one command, whose reply is a list holding
-        the event id), so the events of several jobs can share one round trip."""
+        the event id, or empty for an ended stream), so the events of several jobs can
+        share one round trip."""
         keys, args = self._script_args([event])
         pipe.eval(APPEND_SCRIPT, len(keys), *keys, *args)
 
@@ -233,6 +243,7 @@ class EventLog:
             self._keys.notify_channel,
             job_id,
             EVENT_FIELD,
+            "1" if is_terminal else "0",
         ]
         args += [event.SerializeToString() for event in batch]
-        return [self.key(job_id)], args
+        return [self.key(job_id), self._keys.ended(job_id)], args

@@ -137,3 +137,23 @@ async def test_reads_follow_the_log_and_see_its_gaps(
         ] == [ids[-1], None]
     finally:
         await redis_client.delete(log.key(job_id))
+
+
+async def test_a_stream_takes_one_terminal_event_and_nothing_after_it(
+    redis_client: redis.asyncio.Redis, settings: Settings
+) -> None:
+    log = _log(redis_client, settings)
+    job_id = str(uuid.uuid4())
+    done = job_pb2.Job(id=job_id, state=job_pb2.JOB_STATE_SUCCEEDED)
+    try:
+        await log.append(events.started(job_id, 1, "w"))
+        first = await log.append_many([events.progress(job_id, 1, 5, 5), events.terminal(done)])
+        assert len(first) == 2
+        # The reconciler's republish racing the worker's own, and a zombie's late progress.
+        assert await log.append(events.terminal(done)) == ""
+        assert await log.append_many([events.progress(job_id, 1, 5, 5)]) == []
+        kinds = [event.WhichOneof("kind") for _, event in await log.read(job_id)]
+        assert kinds == ["started", "progress", "succeeded"]
+    finally:
+        keys = Keys(f"{settings.key_prefix}-log")
+        await redis_client.delete(keys.events(job_id), keys.ended(job_id))
