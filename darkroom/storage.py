@@ -8,6 +8,7 @@ replace exactly that generation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -44,6 +45,9 @@ class Storage(Protocol):
     async def read(self, uri: str) -> bytes:
         """The bytes stored at `uri`."""
 
+    async def delete(self, uri: str) -> None:
+        """Remove the object at `uri`; one that is not there is no error."""
+
     def url_for(self, uri: str) -> str:
         """A URL a client can fetch `uri` from, or "" when none can be made."""
 
@@ -70,12 +74,18 @@ class LocalStorage:
         return f"{stat.st_mtime_ns}-{stat.st_size}"
 
     def _write_temp(self, path: Path, data: bytes) -> Path:
+        """`data` in a new temporary file beside `path`; nothing is left behind when the
+        write fails (a full disk, a quota)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
+        try:
+            with os.fdopen(handle, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
         return Path(temp)
 
     def _create(self, key: str, data: bytes) -> str:
@@ -107,8 +117,17 @@ class LocalStorage:
     async def replace(self, key: str, data: bytes, content_type: str, generation: str) -> str:
         return await asyncio.to_thread(self._replace, key, data, generation)
 
+    def _uri_path(self, uri: str) -> Path:
+        path = Path(unquote(urlsplit(uri).path)).resolve()
+        if not path.is_relative_to(self.root):
+            raise StorageError(f"{uri} is not in {self.root.as_uri()}")
+        return path
+
     async def read(self, uri: str) -> bytes:
         return await asyncio.to_thread(Path(unquote(urlsplit(uri).path)).read_bytes)
+
+    async def delete(self, uri: str) -> None:
+        await asyncio.to_thread(self._uri_path(uri).unlink, missing_ok=True)
 
     def url_for(self, uri: str) -> str:
         return uri
@@ -171,6 +190,13 @@ class GcsStorage:
         blob = self._bucket.blob(self._split(uri))
         data: bytes = await asyncio.to_thread(blob.download_as_bytes, timeout=self._timeout)
         return data
+
+    def _delete(self, uri: str) -> None:
+        with contextlib.suppress(gcs_errors.NotFound):
+            self._bucket.blob(self._split(uri)).delete(timeout=self._timeout)
+
+    async def delete(self, uri: str) -> None:
+        await asyncio.to_thread(self._delete, uri)
 
     def url_for(self, uri: str) -> str:
         """A V4 signed URL when the credentials hold a private key, else ""."""

@@ -160,7 +160,20 @@ class Attempt:
             await self._stopped()
             return
         # The last steps go out with the terminal event, in the same append.
-        last_steps = self._progress_due()
+        await self._finish(images, self._progress_due(), began, generated)
+
+    async def _finish(
+        self,
+        images: list[Image.Image],
+        last_steps: list[events.JobEvent],
+        began: float,
+        generated: float,
+    ) -> None:
+        """Store the images and commit SUCCEEDED, holding the lease all along: a slow or
+        retried upload must not look like a lost worker. Nothing is written once the job
+        is lost, and what this attempt wrote is removed when it ends without it."""
+        created: list[str] = []
+        keeper = asyncio.create_task(self._keep_lease())
         try:
             outputs = await store_images(
                 self.s.storage,
@@ -169,6 +182,7 @@ class Attempt:
                 seeds=self._request().seeds,
                 model_version=self.s.pipeline.model_version,
                 holds_job=self._holds_job,
+                created=created,
             )
             self.s.faults.reached("after_upload")
             finished = await self.s.lifecycle.succeed(
@@ -182,10 +196,14 @@ class Attempt:
         except LeaseLostError:
             finished = None
         except Exception as exc:  # noqa: BLE001 - classified below
+            await self._stop_keeper(keeper)
             await self.fail(exc)
+            await self._discard(created)
             return
+        await self._stop_keeper(keeper)
         if finished is None:
             log.warning("attempt_fenced", reason="a newer attempt owns the job")
+            await self._discard(created)
             return
         log.info(
             "attempt_succeeded",
@@ -193,6 +211,51 @@ class Attempt:
             generate_ms=round((generated - began) * 1000, 1),
             total_ms=round((time.perf_counter() - began) * 1000, 1),
         )
+
+    async def _keep_lease(self) -> None:
+        """Renew the lease every heartbeat interval while the outputs are stored."""
+        every = self.s.settings.heartbeat_interval.total_seconds()
+        while True:
+            await asyncio.sleep(every)
+            try:
+                if (
+                    await self.s.lifecycle.heartbeat(
+                        self.job_id, self.number, self.s.settings.lease
+                    )
+                    is None
+                ):
+                    log.warning("lease_lost_while_storing")
+                    return
+            except Exception as exc:  # noqa: BLE001 - keep trying; the lease says how long
+                log.warning("heartbeat_failed", error=repr(exc))
+
+    @staticmethod
+    async def _stop_keeper(keeper: asyncio.Task[None]) -> None:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+
+    async def _discard(self, created: list[str]) -> None:
+        """Remove the objects this attempt created once the job ended without them: it
+        failed, or another attempt finished it. A job back in the queue (or running again)
+        keeps them: its next attempt adopts identical objects."""
+        if not created:
+            return
+        try:
+            row = await self.s.lifecycle.store.get_any(self.job_id)
+        except Exception as exc:  # noqa: BLE001 - an orphan object is the lesser harm
+            log.warning("output_cleanup_failed", error=repr(exc))
+            return
+        if row is None or not row.state.terminal:
+            return
+        kept = {output.get("uri") for output in row.outputs or []}
+        orphans = [uri for uri in created if uri not in kept]
+        for uri in orphans:
+            try:
+                await self.s.storage.delete(uri)
+            except Exception as exc:  # noqa: BLE001 - an orphan object is the lesser harm
+                log.warning("output_cleanup_failed", uri=uri, error=repr(exc))
+        if orphans:
+            log.info("outputs_discarded", count=len(orphans))
 
     async def _wedged(self) -> None:
         """Fail the job, then end the process: its only pipeline thread is stuck for good,

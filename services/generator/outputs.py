@@ -33,19 +33,27 @@ def png_bytes(image: Image.Image, row: JobRecord, seed: int, model_version: str)
 
 
 async def _put(
-    storage: Storage, key: str, data: bytes, holds_job: Callable[[], Awaitable[bool]]
+    storage: Storage,
+    key: str,
+    data: bytes,
+    holds_job: Callable[[], Awaitable[bool]],
+    created: list[str],
 ) -> str:
+    # Checked (and the lease renewed) before every write: an attempt that lost the job
+    # writes nothing more.
+    if not await holds_job():
+        raise LeaseLostError
     try:
-        return await storage.create(key, data, CONTENT_TYPE)
+        uri = await storage.create(key, data, CONTENT_TYPE)
     except ObjectExistsError as exists:
         # An earlier attempt got this far. The same bytes: keep its object. Other bytes
         # (another device or library build): replace exactly that object, and only while
         # this attempt still holds the job, so a zombie never overwrites.
         if sha256_hex(await storage.read(exists.uri)) == sha256_hex(data):
             return exists.uri
-        if not await holds_job():
-            raise LeaseLostError from None
         return await storage.replace(key, data, CONTENT_TYPE, exists.generation)
+    created.append(uri)
+    return uri
 
 
 async def store_images(
@@ -56,12 +64,15 @@ async def store_images(
     seeds: list[int],
     model_version: str,
     holds_job: Callable[[], Awaitable[bool]],
+    created: list[str],
 ) -> list[dict[str, Any]]:
-    """Store every image at `jobs/{job_id}/{index}.png`; the outputs to record on the row."""
+    """Store every image at `jobs/{job_id}/{index}.png`; the outputs to record on the row.
+    `holds_job` is asked before each write (`LeaseLostError` when it says no); the URIs of
+    the objects this call created (not those it found and kept) go to `created`."""
     outputs = []
     for index, (image, seed) in enumerate(zip(images, seeds, strict=True)):
         data = await asyncio.to_thread(png_bytes, image, row, seed, model_version)
-        uri = await _put(storage, f"jobs/{row.id}/{index}.png", data, holds_job)
+        uri = await _put(storage, f"jobs/{row.id}/{index}.png", data, holds_job, created)
         outputs.append(
             {
                 "index": index,

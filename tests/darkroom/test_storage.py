@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +89,37 @@ async def test_gcs_412_becomes_object_exists_with_the_generation() -> None:
     assert client.the_bucket.objects["prefix/jobs/a/0.png"][0] == b"one"
     await storage.replace("jobs/a/0.png", b"three", "image/png", exists.value.generation)
     assert client.the_bucket.objects["prefix/jobs/a/0.png"] == (b"three", 2)
+
+
+def test_a_failed_local_write_leaves_no_temporary_file(tmp_path: Path) -> None:
+    # A child process whose files may not grow past 1 KiB: the write fails as on a full
+    # disk (EFBIG instead of ENOSPC), for real, inside the kernel.
+    script = textwrap.dedent(
+        """
+        import asyncio, resource, signal, sys
+        from pathlib import Path
+        from darkroom.storage import LocalStorage
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+        storage = LocalStorage(Path(sys.argv[1]))
+        try:
+            asyncio.run(storage.create("jobs/a/0.png", b"x" * 65536, "image/png"))
+        except OSError as exc:
+            print("failed", exc.errno)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.startswith("failed"), done.stderr
+    assert [path.name for path in tmp_path.rglob("*") if path.is_file()] == []
+
+
+async def test_local_delete_removes_an_object_and_ignores_a_missing_one(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    uri = await storage.create("jobs/a/0.png", b"x", "image/png")
+    await storage.delete(uri)
+    assert not (tmp_path / "jobs/a/0.png").exists()
+    await storage.delete(uri)
+    with pytest.raises(StorageError):
+        await storage.delete((tmp_path.parent / "elsewhere.png").as_uri())
