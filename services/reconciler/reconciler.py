@@ -4,7 +4,7 @@ UPDATE, arq deduplicates message ids, and a duplicate delivery is harmless."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import grpc
 import structlog
@@ -91,13 +91,14 @@ class Reconciler:
                 report.expired += 1
 
     async def _lost_messages(self, report: Report) -> None:
-        stale = self.settings.reconcile_stale_message
-        now = datetime.now(UTC)
-        for row in await self.scans.queued_since(ENQUEUE_GRACE, self.settings.reconcile_batch):
+        rows = await self.scans.queued_since(
+            ENQUEUE_GRACE, self.settings.reconcile_stale_message, self.settings.reconcile_batch
+        )
+        for row, stale in rows:
             state = await self.queue.message_state(row.id, row.attempt, row.model)
             if state == "waiting":
                 continue
-            if state == "taken" and now - row.updated_at < stale:
+            if state == "taken" and not stale:
                 continue  # a worker is claiming it right now
             # Lost with Redis, never enqueued, or taken by a worker that died before its
             # claim: arq would keep the latter "in progress" until its timeout.

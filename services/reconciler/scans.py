@@ -30,10 +30,13 @@ class Scans:
         async with self._sessions() as session:
             return list(await session.scalars(query))
 
-    async def queued_since(self, age: timedelta, limit: int) -> list[JobRow]:
-        """QUEUED jobs, ready to run, unchanged for at least `age` (oldest first)."""
+    async def queued_since(
+        self, age: timedelta, stale: timedelta, limit: int
+    ) -> list[tuple[JobRow, bool]]:
+        """QUEUED jobs, ready to run, unchanged for at least `age` (oldest first), each with
+        whether it is unchanged for `stale` too (both by the database clock)."""
         query = (
-            select(JobRow)
+            select(JobRow, JobRow.updated_at <= func.now() - stale)
             .where(
                 JobRow.state == State.QUEUED,
                 JobRow.run_after <= func.now(),
@@ -43,13 +46,17 @@ class Scans:
             .limit(limit)
         )
         async with self._sessions() as session:
-            return list(await session.scalars(query))
+            return [(row, bool(is_stale)) for row, is_stale in await session.execute(query)]
 
     async def past_deadline(self, limit: int) -> list[JobRow]:
-        """QUEUED jobs whose deadline passed."""
+        """QUEUED jobs that never started and whose deadline passed."""
         query = (
             select(JobRow)
-            .where(JobRow.state == State.QUEUED, JobRow.deadline <= func.now())
+            .where(
+                JobRow.state == State.QUEUED,
+                JobRow.deadline <= func.now(),
+                JobRow.started_at.is_(None),
+            )
             .order_by(JobRow.deadline)
             .limit(limit)
         )

@@ -89,6 +89,8 @@ class Cluster:
     processes: list[asyncio.subprocess.Process] = field(default_factory=list)
     accepted: list[str] = field(default_factory=list)
     channels: list[grpc.aio.Channel] = field(default_factory=list)
+    # Every process's log lines, one file each (read them when a test fails).
+    log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="darkroom-logs-")))
 
     def env(self, **extra: str) -> dict[str, str]:
         s = self.settings
@@ -110,27 +112,39 @@ class Cluster:
             **extra,
         }
 
-    async def spawn(self, module: str, *args: str, **extra: str) -> asyncio.subprocess.Process:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            module,
-            *args,
-            env=self.env(**extra),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
+    async def spawn(
+        self, module: str, *args: str, clock: str = "", logs: Path | None = None, **extra: str
+    ) -> asyncio.subprocess.Process:
+        """Run `python -m module args` with the cluster's settings (and `extra` variables).
+
+        `clock` skews the process's clock by libfaketime (`-30m`, `+1h`; monotonic clocks
+        stay true); its log lines go to `logs` (by default a file in `log_dir`).
+        """
+        env = self.env(**extra)
+        if clock:
+            env.update(faketime_env(clock))
+        logs = logs or self.log_dir / f"{len(self.processes)}-{module}.log"
+        with open(logs, "ab") as sink:  # noqa: ASYNC230 - opening is instant
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                module,
+                *args,
+                env=env,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=sink,
+            )
         self.processes.append(process)
         return process
 
     async def generator(
-        self, pace: str = "step_ms=20", *, fault: str = "", **extra: str
+        self, pace: str = "step_ms=20", *, fault: str = "", **extra: Any
     ) -> asyncio.subprocess.Process:
         """A generator process on the fake pipeline (`pace`), killed at `fault` if given."""
         return await self.spawn("tests.fake_generator", pace, *([fault] if fault else []), **extra)
 
-    async def reconciler(self) -> asyncio.subprocess.Process:
-        return await self.spawn("darkroom.services.reconciler")
+    async def reconciler(self, **extra: Any) -> asyncio.subprocess.Process:
+        return await self.spawn("darkroom.services.reconciler", **extra)
 
     async def submit(self, **spec: Any) -> str:
         spec.setdefault("width", 64)
@@ -184,6 +198,19 @@ class Cluster:
                         raise
                     await asyncio.sleep(0.1)
         return record
+
+
+def faketime_env(offset: str) -> dict[str, str]:
+    """Variables that run a process with its wall clock off by `offset` (`-30m`, `+1h`)."""
+    import libfaketime  # noqa: PLC0415 - a dev dependency
+
+    library = Path(libfaketime.__file__).parent / "vendor" / "libfaketime" / "src"
+    return {
+        "LD_PRELOAD": str(library / "libfaketime.so.1"),
+        "FAKETIME": offset,
+        "DONT_FAKE_MONOTONIC": "1",
+        "FAKETIME_NO_CACHE": "1",
+    }
 
 
 def own_servers() -> Servers:
