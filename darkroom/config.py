@@ -36,6 +36,10 @@ class Settings(BaseSettings):
 
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/darkroom"
     database_pool_size: int = Field(default=10, ge=1, le=200)
+    # The longest any one database call may take: connecting, waiting for a pooled
+    # connection, a statement (the server ends it too). Past it the call fails and its
+    # connection is dropped, so a database out of reach answers UNAVAILABLE, not a hang.
+    database_timeout: Seconds = timedelta(seconds=4)
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Every Redis key Darkroom writes starts with this (the queue name, event streams,
     # arq job ids), so several deployments or test runs can share one Redis.
@@ -58,8 +62,9 @@ class Settings(BaseSettings):
     pixel_budget: int = Field(default=4_194_304, ge=64 * 64)
     max_attempts: int = Field(default=3, ge=1, le=20)
     queue_timeout: Seconds = timedelta(hours=1)
-    # A submit must not hang on a sick Redis: the row is committed first and the
-    # reconciler enqueues whatever this gives up on.
+    # A request must not hang on a sick Redis: the Jobs service's Redis calls give up
+    # after this (a submit's row is committed first, and the reconciler enqueues whatever
+    # its announce gives up on).
     enqueue_timeout: Seconds = timedelta(seconds=1)
 
     # Where images go: a folder, file:///path, or gs://bucket[/prefix].
@@ -114,6 +119,13 @@ class Settings(BaseSettings):
             raise ValueError("every token and owner must be non-empty")
         return tokens
 
+    @field_validator("database_timeout", "enqueue_timeout")
+    @classmethod
+    def _positive(cls, timeout: timedelta) -> timedelta:
+        if timeout <= timedelta(0):
+            raise ValueError("must be positive")
+        return timeout
+
     @model_validator(mode="after")
     def _default_model_allowed(self) -> Settings:
         if not self.models:
@@ -135,6 +147,12 @@ class Settings(BaseSettings):
         """Backoff before the attempt after `attempt`: doubling, capped."""
         delay: timedelta = self.retry_backoff * 2 ** max(attempt - 1, 0)
         return min(delay, self.retry_backoff_max)
+
+    @property
+    def request_bound(self) -> timedelta:
+        """The longest a Jobs RPC takes, whatever the state of Postgres and Redis: its
+        database work, then its Redis work."""
+        return self.database_timeout + self.enqueue_timeout
 
     @property
     def served_model(self) -> str:

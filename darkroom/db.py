@@ -1,15 +1,18 @@
-"""The database engine and session factory, and migrations run from code."""
+"""The database engine and session factory, the bound on one database call, and
+migrations run from code."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -23,17 +26,72 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 T = TypeVar("T")
 
 
-def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
-    """An async engine whose pooled connections are checked before use."""
+# The default of DARKROOM_DATABASE_TIMEOUT, for engines built without settings.
+DEFAULT_TIMEOUT = 4.0
+# How often `bounded` repeats its cancellation of work that has not ended yet.
+_CANCEL_EVERY = 0.05
+
+
+def create_engine(
+    url: str, pool_size: int = 10, *, timeout: float = DEFAULT_TIMEOUT
+) -> AsyncEngine:
+    """An async engine whose pooled connections are checked before use, and on which no
+    wait lasts much longer than `timeout` seconds, on either side of the connection.
+
+    Client side: connecting (`connect_timeout`, whole seconds, at least 2 as in libpq),
+    waiting for a pooled connection, and data the server does not acknowledge
+    (`tcp_user_timeout`: a peer that drops packets breaks the connection instead of
+    leaving it waiting forever). Server side, so that a statement whose client gave up does
+    not run on, holding locks: `statement_timeout`, and
+    `idle_in_transaction_session_timeout` for a client that vanished mid-transaction
+    (sent as the `options` startup parameter: behind PgBouncer, list `options` in its
+    `ignore_startup_parameters`, and only the client side applies). A peer that takes the
+    bytes but never answers (a wedged server or proxy) trips none of the client's: callers
+    on a request path also wrap their calls in `bounded`.
+    """
+    millis = max(1, round(timeout * 1000))
+    server = f"-c statement_timeout={millis} -c idle_in_transaction_session_timeout={millis}"
+    # Keep any `options` the URL carries (connect_args would replace them).
+    given = make_url(url).query.get("options")
+    given = given if isinstance(given, str) else " ".join(given or ())
     return create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
-        pool_timeout=5,
-        # A dead database must turn into UNAVAILABLE quickly, not hang a request.
-        connect_args={"connect_timeout": 5},
+        pool_timeout=timeout,
+        connect_args={
+            "connect_timeout": max(2, math.ceil(timeout)),
+            "tcp_user_timeout": millis,
+            "options": f"{given} {server}".strip(),
+        },
     )
+
+
+async def bounded(work: Awaitable[T], seconds: float) -> T:
+    """`await work`, giving up after `seconds` with `TimeoutError`.
+
+    Not `asyncio.timeout`: on the first cancellation of a running statement psycopg asks
+    the server to cancel it and waits for that, up to 10 s more against a server that
+    answers nothing; cancelled again, it closes the connection at once. So the work is
+    cancelled until it has ended, and its connection is never reused (SQLAlchemy
+    invalidates a connection interrupted mid-call; `HeldConnection` drops it). The
+    server's own `statement_timeout` ends whatever the statement left running there.
+    When our caller is cancelled, the work is ended the same way.
+    """
+    task = asyncio.ensure_future(work)
+    timed_out = True
+    try:
+        done, _ = await asyncio.wait([task], timeout=seconds)
+        timed_out = not done
+    finally:
+        while not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=_CANCEL_EVERY)
+        cause = None if task.cancelled() else task.exception()  # retrieved, either way
+    if timed_out:
+        raise TimeoutError(f"the database did not answer within {seconds:g} s") from cause
+    return task.result()
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -64,24 +122,39 @@ class HeldConnection:
     restarted since the last use) runs once more on a fresh connection, as the pool's
     liveness ping would have arranged; only for uses that may safely run twice (the
     conditional transitions: a repeat matches nothing and changes nothing).
+
+    With `timeout`, each try (connecting included) is `bounded` by it: one that takes
+    longer raises `TimeoutError` and its connection is dropped.
     """
 
-    def __init__(self, engine: AsyncEngine, *, retry_on_disconnect: bool = False) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        retry_on_disconnect: bool = False,
+        timeout: float | None = None,
+    ) -> None:
         self._engine = engine
         self._connection: AsyncConnection | None = None
         self._lock = asyncio.Lock()
         self._retry = retry_on_disconnect
+        self._timeout = timeout
 
     async def run(self, use: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """`await use(connection)` on the held connection."""
         async with self._lock:
             reused = self._connection is not None
             try:
-                return await self._run(use)
+                return await self._try(use)
             except DBAPIError as exc:
                 if not (self._retry and reused and exc.connection_invalidated):
                     raise
+            return await self._try(use)
+
+    async def _try(self, use: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        if self._timeout is None:
             return await self._run(use)
+        return await bounded(self._run(use), self._timeout)
 
     async def _run(self, use: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         if self._connection is None:

@@ -125,10 +125,16 @@ def _insert_params(owner: str, job: JobRequest, max_attempts: int) -> dict[str, 
 
 
 class JobInserter:
-    """`insert_jobs` on a connection of its own (see `HeldConnection`), one batch at a time."""
+    """`insert_jobs` on a connection of its own (see `HeldConnection`), one batch at a time.
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._held = HeldConnection(engine)
+    With `timeout`, a batch not written within it (connecting included) raises
+    `TimeoutError` and the connection is dropped. Its rows may still be recorded: the
+    statement may have reached the database, which then commits it, so the caller must
+    not say "not recorded" (a retry with the same request ids finds them).
+    """
+
+    def __init__(self, engine: AsyncEngine, *, timeout: float | None = None) -> None:
+        self._held = HeldConnection(engine, timeout=timeout)
 
     async def insert(
         self, jobs: Sequence[tuple[str, JobRequest]], max_attempts: int

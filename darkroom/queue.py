@@ -103,14 +103,18 @@ def deserialize(data: bytes) -> dict[str, Any]:
     return message
 
 
-def connect(settings: Settings) -> ArqRedis:
+def connect(settings: Settings, *, socket_timeout: float | None = None) -> ArqRedis:
     """A Redis client that speaks arq with our serializer and queue name.
 
-    It connects lazily, so a process starts even while Redis is down.
+    It connects lazily, so a process starts even while Redis is down. `socket_timeout`
+    bounds every reply it waits for, for clients on a request path (a Redis that drops
+    packets never answers); never for one that blocks on a command (BLPOP, XREAD BLOCK)
+    longer than that.
     """
     pool = ConnectionPool.from_url(
         settings.redis_url,
         socket_connect_timeout=settings.enqueue_timeout.total_seconds(),
+        socket_timeout=socket_timeout,
         health_check_interval=30,
     )
     return ArqRedis(

@@ -51,13 +51,20 @@ class Resources:
         pool_size: int | None = None,
         hold_connection: bool = False,
         hooks: Hooks | None = None,
+        redis_timeout: float | None = None,
     ) -> Resources:
         """Connect lazily (a process starts while Postgres or Redis is still down).
 
         `hold_connection`: the store's transitions share one held connection (the
-        generator's claims and lease renewals). `hooks`: fault points, from tests only."""
-        engine = db.create_engine(settings.database_url, pool_size or settings.database_pool_size)
-        redis = queue.connect(settings)
+        generator's claims and lease renewals). `hooks`: fault points, from tests only.
+        `redis_timeout`: how long any Redis reply may take (a request path's; not for a
+        process that blocks on Redis commands)."""
+        engine = db.create_engine(
+            settings.database_url,
+            pool_size or settings.database_pool_size,
+            timeout=settings.database_timeout.total_seconds(),
+        )
+        redis = queue.connect(settings, socket_timeout=redis_timeout)
         storage = storage_for(settings)
         store = JobStore(engine, hold_connection=hold_connection)
         event_log = EventLog(redis, settings.key_prefix)

@@ -50,13 +50,17 @@ class JobsApp:
 
 async def start(settings: Settings, address: str | None = None) -> JobsApp:
     """Start the Jobs service on `address` (default: `settings.jobs_address`)."""
-    resources = Resources.open(settings)
+    # No Redis call of a request waits longer than the enqueue timeout (this process
+    # never blocks on a Redis command), no database call longer than the database's.
+    resources = Resources.open(settings, redis_timeout=settings.enqueue_timeout.total_seconds())
     servicer = JobsServicer(
         settings,
         lifecycle=resources.lifecycle,
         submits=SubmitBatcher(
             settings,
-            inserter=JobInserter(resources.engine),
+            inserter=JobInserter(
+                resources.engine, timeout=settings.database_timeout.total_seconds()
+            ),
             queue=resources.queue,
             event_log=resources.event_log,
             redis=resources.redis,

@@ -6,13 +6,17 @@ batches only form under load, from requests that would otherwise queue for a dat
 connection. Each caller still gets its own row (or its own error) back. One writer
 inserts batch after batch on a connection of its own; each batch is then announced in
 Redis while the writer goes on with the next.
+
+A submit waits at most `DARKROOM_DATABASE_TIMEOUT` for its row, queueing included, and
+then at most `DARKROOM_ENQUEUE_TIMEOUT` for its announce: a database out of reach answers
+UNAVAILABLE within that, and a Redis out of reach still OK (the reconciler enqueues).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg
 import structlog
@@ -20,6 +24,7 @@ from redis.asyncio import Redis
 
 from darkroom import events
 from darkroom.config import Settings
+from darkroom.errors import UnavailableError
 from darkroom.events import EventLog
 from darkroom.inserts import JobInserter
 from darkroom.models import JobRecord
@@ -42,7 +47,9 @@ LINGER_SECONDS = 0.002
 class _Submit:
     owner: str
     job: JobRequest
-    future: asyncio.Future[Created]
+    future: asyncio.Future[Created]  # the row, once written
+    taken: bool = False  # into a batch: from then on its row may be recorded
+    announced: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class SubmitBatcher:
@@ -67,6 +74,7 @@ class SubmitBatcher:
         self._redis = redis
         self._max_batch = max_batch
         self._linger = linger
+        self._row_timeout = settings.database_timeout.total_seconds()
         self._waiting: list[_Submit] = []
         self._writer: asyncio.Task[None] | None = None
         self._announcing: set[asyncio.Task[None]] = set()
@@ -76,13 +84,22 @@ class SubmitBatcher:
         when it is new, announce it. Returns the row and whether this call created it.
 
         A caller that goes away before its batch is written (deadline, cancel) is left out
-        of it; once written, a job is announced whether or not its caller still waits.
+        of it, and so is one whose row is not written within `DARKROOM_DATABASE_TIMEOUT`
+        (UNAVAILABLE); once written, a job is announced whether or not its caller still
+        waits. The announce is bounded by `DARKROOM_ENQUEUE_TIMEOUT`.
         """
-        future: asyncio.Future[Created] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Submit(owner, job, future))
+        submit = _Submit(owner, job, asyncio.get_running_loop().create_future())
+        self._waiting.append(submit)
         if self._writer is None:
             self._writer = asyncio.create_task(self._write())
-        return await future
+        try:
+            # On timeout (or our caller's cancel) the future is cancelled: a submit still
+            # waiting is then left out of every batch.
+            row = await asyncio.wait_for(submit.future, self._row_timeout)
+        except TimeoutError:
+            raise _unavailable(submit, self._row_timeout) from None
+        await submit.announced.wait()
+        return row
 
     async def close(self) -> None:
         """Finish what was accepted (call after the server stopped taking calls), then
@@ -105,6 +122,8 @@ class SubmitBatcher:
                 batch = self._waiting[: self._max_batch]
                 del self._waiting[: self._max_batch]
                 batch = [submit for submit in batch if not submit.future.done()]
+                for submit in batch:
+                    submit.taken = True
                 if batch:
                     await self._write_batch(batch)
         except BaseException as exc:
@@ -124,25 +143,30 @@ class SubmitBatcher:
         except Exception as exc:  # noqa: BLE001 - handed to each caller, or retried alone
             if len(batch) == 1 or not _about_the_rows(exc):
                 for submit in batch:
-                    _fail(submit, exc)
+                    timed_out = isinstance(exc, TimeoutError)
+                    _fail(submit, _unavailable(submit, self._row_timeout) if timed_out else exc)
                 return
             # One bad request, or a deadlock with a concurrent transaction over the same
             # request ids, must not fail the rest: write each alone, with its own outcome.
             log.warning("submit_batch_split", size=len(batch), error=repr(exc))
             for submit in batch:
-                await self._write_batch([submit])
+                if not submit.future.done():  # its caller may have gone meanwhile
+                    await self._write_batch([submit])
             return
-        task = asyncio.create_task(self._announce_and_reply(batch, results))
-        self._announcing.add(task)
-        task.add_done_callback(self._announcing.discard)
-
-    async def _announce_and_reply(
-        self, batch: Sequence[_Submit], results: Sequence[Created]
-    ) -> None:
-        await self._announce([row for row, created in results if created])
         for submit, result in zip(batch, results, strict=True):
             if not submit.future.done():
                 submit.future.set_result(result)
+        task = asyncio.create_task(self._announce_batch(batch, results))
+        self._announcing.add(task)
+        task.add_done_callback(self._announcing.discard)
+
+    async def _announce_batch(self, batch: Sequence[_Submit], results: Sequence[Created]) -> None:
+        """Announce the new rows, then let their callers answer."""
+        try:
+            await self._announce([row for row, created in results if created])
+        finally:
+            for submit in batch:
+                submit.announced.set()
 
     async def _announce(self, rows: Sequence[JobRecord]) -> None:
         """Publish `queued` and enqueue the first attempt of each job, best effort, in one
@@ -174,6 +198,20 @@ def _about_the_rows(exc: Exception) -> bool:
     if (exc.sqlstate or "").startswith("40"):
         return True
     return not isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+def _unavailable(submit: _Submit, seconds: float) -> UnavailableError:
+    """The error of a submit whose row was not written in time: "not recorded" only when
+    it is certain (its insert never started), else "retry with the same request_id"."""
+    request_id = str(submit.job.request_id)
+    if not submit.taken:
+        message = f"the job database did not answer within {seconds:g} s; nothing was recorded"
+    else:
+        message = (
+            f"the job database did not answer within {seconds:g} s; the job may have been "
+            "recorded: submit again with the same request_id to get it"
+        )
+    return UnavailableError(message, metadata={"request_id": request_id})
 
 
 def _fail(submit: _Submit, exc: BaseException) -> None:

@@ -8,6 +8,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from darkroom import events, queue
 from darkroom.config import Settings
+from darkroom.errors import UnavailableError
 from darkroom.events import EventLog
 from darkroom.inserts import JobInserter
 from darkroom.models import JobRecord
@@ -204,3 +206,58 @@ async def test_ids_are_new_for_every_submit(batching: Batching) -> None:
     second, _ = await batching.batcher.submit("ids", job_request())
     assert first.id != second.id
     assert uuid.UUID(str(first.id)).version == 7
+
+
+async def test_a_submit_not_written_in_time_is_unavailable_and_says_if_it_may_be_recorded(
+    settings: Settings, engine: AsyncEngine, store: JobStore
+) -> None:
+    hurried = settings.model_copy(update={"database_timeout": timedelta(seconds=0.3)})
+    inserter = CountingInserter(engine)
+    inserter.hold = asyncio.Event()
+    async with _running(hurried, inserter) as (batcher, _):
+        stalled = asyncio.create_task(batcher.submit("slow", job_request("stalled")))
+        await asyncio.sleep(0.05)  # its batch is being written (held)
+        queued = asyncio.create_task(batcher.submit("slow", job_request("queued")))
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(UnavailableError, match="same request_id") as in_flight:
+            await stalled
+        with pytest.raises(UnavailableError, match="nothing was recorded") as waiting:
+            await queued
+        assert asyncio.get_running_loop().time() - started < 1
+        assert in_flight.value.code.name == waiting.value.code.name == "UNAVAILABLE"
+        inserter.hold.set()  # the stalled batch reaches the database after all
+    # Recorded, as its caller was told it might be; the waiting one was left out.
+    owned = await store.list_owned("slow", state=None, before=None, limit=10)
+    assert [job.prompt for job in owned] == ["stalled"]
+    assert inserter.batches == [1]
+
+
+async def test_the_announce_is_bounded_apart_from_the_row(
+    settings: Settings, engine: AsyncEngine, store: JobStore
+) -> None:
+    # A row written just inside the database timeout still gets its announce's own time:
+    # the caller hears OK, not UNAVAILABLE.
+    hurried = settings.model_copy(update={"database_timeout": timedelta(seconds=0.5)})
+    inserter = CountingInserter(engine)
+    inserter.hold = asyncio.Event()
+    async with _running(hurried, inserter) as (batcher, arq_redis):
+        original = arq_redis.pipeline
+
+        def slow_pipeline(*args: Any, **kwargs: Any) -> Any:
+            pipe = original(*args, **kwargs)
+            execute = pipe.execute
+
+            async def slowly(*a: Any, **k: Any) -> Any:
+                await asyncio.sleep(0.3)
+                return await execute(*a, **k)
+
+            pipe.execute = slowly  # type: ignore[method-assign]
+            return pipe
+
+        arq_redis.pipeline = slow_pipeline  # type: ignore[method-assign]
+        submitted = asyncio.create_task(batcher.submit("late", job_request("late")))
+        await asyncio.sleep(0.35)
+        inserter.hold.set()
+        row, created = await submitted
+    assert created
+    assert await store.get("late", row.id) is not None
