@@ -102,8 +102,9 @@ _UNAVAILABLE: tuple[tuple[type[BaseException], str], ...] = (
     (sqlalchemy.exc.TimeoutError, "the job database is overloaded"),
     (redis.exceptions.ConnectionError, "the queue is unavailable"),
     (redis.exceptions.TimeoutError, "the queue is unavailable"),
-    (OSError, "a dependency is unavailable"),
+    # TimeoutError is an OSError: it comes first, or it would never be named.
     (TimeoutError, "a dependency timed out"),
+    (OSError, "a dependency is unavailable"),
 )
 
 

@@ -30,10 +30,16 @@ class Transitions:
     each takes a pooled connection.
     """
 
-    def __init__(self, engine: AsyncEngine, *, hold_connection: bool = False) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, hold_connection: bool = False, timeout: float | None = None
+    ) -> None:
         self._engine = engine
         self._sessions = sessionmaker(engine)
-        self._held = HeldConnection(engine, retry_on_disconnect=True) if hold_connection else None
+        self._held = (
+            HeldConnection(engine, retry_on_disconnect=True, timeout=timeout)
+            if hold_connection
+            else None
+        )
 
     @property
     def engine(self) -> AsyncEngine:

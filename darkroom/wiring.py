@@ -66,7 +66,13 @@ class Resources:
         )
         redis = queue.connect(settings, socket_timeout=redis_timeout)
         storage = storage_for(settings)
-        store = JobStore(engine, hold_connection=hold_connection)
+        # A held connection's calls are bounded too: a database that takes the bytes and
+        # never answers must not stall a generator's lease renewals for good.
+        store = JobStore(
+            engine,
+            hold_connection=hold_connection,
+            timeout=settings.database_timeout.total_seconds(),
+        )
         event_log = EventLog(redis, settings.key_prefix)
         job_queue = queue.JobQueue(redis, settings)
         lifecycle = Lifecycle(store, event_log, job_queue, storage.url_for, hooks=hooks)

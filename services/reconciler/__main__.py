@@ -60,7 +60,10 @@ class ReconcilerApp:
 
 async def start(settings: Settings) -> ReconcilerApp:
     """Connect (lazily) and start reconciling."""
-    resources = Resources.open(settings, pool_size=2)
+    # It never blocks on Redis: a Redis that stops answering must not stall a pass.
+    resources = Resources.open(
+        settings, pool_size=2, redis_timeout=settings.enqueue_timeout.total_seconds()
+    )
     reconciler = Reconciler(settings, lifecycle=resources.lifecycle, event_log=resources.event_log)
     app = ReconcilerApp(reconciler, resources)
     app.task = asyncio.create_task(app._loop())

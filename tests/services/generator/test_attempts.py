@@ -397,3 +397,40 @@ async def test_a_cancel_is_noticed_within_a_second_even_on_slow_steps(
     assert loop.time() - asked < 2.5
     steps = [e.progress.progress.step for e in await stack.events(job.id) if e.HasField("progress")]
     assert max(steps) <= 3
+
+
+class JobLostAfterFirstImage(LocalStorage):
+    """Stores image 0, then the job is taken from the attempt (the reconciler failed it,
+    as after an expired lease with no attempts left) before image 1."""
+
+    def __init__(self, root: Path, lose: Callable[[str], Any]) -> None:
+        super().__init__(root)
+        self._lose = lose
+        self.writes: list[str] = []
+
+    async def create(self, key: str, data: bytes, content_type: str) -> str:
+        self.writes.append(key)
+        uri = await super().create(key, data, content_type)
+        if key.endswith("/0.png"):
+            await self._lose(key.split("/")[1])
+        return uri
+
+
+async def test_an_attempt_that_lost_its_job_writes_nothing_more_and_removes_its_objects(
+    make_stack: StackFactory,
+) -> None:
+    stack = await make_stack()
+    lifecycle = stack.generator.runner.services.lifecycle
+
+    async def lose(job_id: str) -> None:
+        await lifecycle.fail(uuid.UUID(job_id), 1, grpc.StatusCode.UNAVAILABLE.value[0], "lost")
+
+    storage = JobLostAfterFirstImage(stack.storage_root, lose)
+    stack.generator.runner.services.storage = storage
+    job = await stack.wait((await stack.caller.submit(width=64, height=64, num_images=2)).job.id)
+    assert job.state == job_pb2.JOB_STATE_FAILED
+    assert job.error.message == "lost"
+    assert storage.writes == [f"jobs/{job.id}/0.png"]  # image 1 was never written
+    async with asyncio.timeout(10):
+        while _files(stack.storage_root, job.id):  # image 0 goes once the attempt sees it
+            await asyncio.sleep(0.05)
