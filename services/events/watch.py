@@ -2,9 +2,16 @@
 
 The job's Redis stream is the watcher's buffer: a watcher reads at most `BATCH` entries at
 a time, as fast as its client takes them, so a slow client holds no more than one batch in
-memory, and the progress events in a backlog collapse to the latest one (latest wins). A
-watcher holds no connection of its own: it sleeps on an in-process event until the
-notifier wakes it.
+memory. A watcher that falls behind (a read finds more than `BACKLOG` entries, or a write
+takes longer than `SLOW_WRITE`: gRPC flow control says the client is not reading) reads
+on to the end of the log and sends only the latest progress event and every state change,
+in order, so its terminal event is not queued behind stale progress. A watcher holds no
+connection of its own: it sleeps on an in-process event until the notifier wakes it.
+
+gRPC hides a slow reader for a long time: a write completes as soon as the client's
+HTTP/2 window takes it, and a client's transport grows that window (BDP probing) to
+megabytes, tens of thousands of progress events, whether or not its application reads.
+Readers that must see the end promptly read eagerly, as the Python client does.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import structlog
 
 from darkroom.convert import job_to_proto
 from darkroom.errors import FieldViolation, InvalidArgumentError, NotFoundError, UnavailableError
-from darkroom.events import START, TERMINAL_KINDS, Continuity, EventLog, JobEvent
+from darkroom.events import START, TERMINAL_KINDS, Continuity, Entry, EventLog, JobEvent
 from darkroom.models import JobRow
 from darkroom.services.events.notifier import Notifier
 from darkroom.store import JobStore
@@ -32,7 +39,11 @@ log = structlog.get_logger("darkroom.events")
 BATCH = 100
 # A watcher this many events behind is a slow reader: its progress events collapse.
 BACKLOG = 16
-EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+# A write still pending after this long means the client's flow-control window is full.
+SLOW_WRITE = 0.25
+EVENT_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+# Redis event ids are two unsigned 64-bit numbers; a larger one fails every read.
+MAX_ID_PART = 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -45,19 +56,26 @@ class WatchSettings:
 
 def parse_after(value: str) -> str:
     """Validate a resume token."""
-    if value and not EVENT_ID.match(value):
+    if not value:
+        return value
+    match = EVENT_ID.match(value)
+    parts = tuple(int(part) for part in match.groups()) if match else ()
+    # The very last id has nothing after it: Redis refuses to read from it.
+    if not parts or max(parts) > MAX_ID_PART or parts == (MAX_ID_PART, MAX_ID_PART):
         raise InvalidArgumentError(
             "the resume token is invalid",
-            [FieldViolation("after_event_id", "must be an event id such as 1718000000000-0")],
+            [
+                FieldViolation(
+                    "after_event_id",
+                    "must be an event id such as 1718000000000-0 (two numbers below 2^64)",
+                )
+            ],
         )
     return value
 
 
-def coalesce(entries: list[tuple[str, JobEvent]]) -> list[tuple[str, JobEvent]]:
-    """For a reader more than `BACKLOG` events behind, drop the progress events that a
-    later progress event in the same batch supersedes; others get every event."""
-    if len(entries) <= BACKLOG:
-        return entries
+def coalesce(entries: list[Entry]) -> list[Entry]:
+    """Every event but the progress events that a later progress event supersedes."""
     last_progress = max(
         (i for i, (_, event) in enumerate(entries) if event.WhichOneof("kind") == "progress"),
         default=-1,
@@ -155,12 +173,14 @@ class Watch:
         wake: asyncio.Event,
         seen: tuple[object, ...],
     ) -> AsyncIterator[JobEvent]:
+        clock = asyncio.get_running_loop().time
+        behind = False
         while True:
             try:
-                status, entries = await self._log.read_from(job_id, cursor, BATCH)
+                status, entries, more = await self._read(job_id, cursor, behind=behind)
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 log.warning("event_log_unreachable", error=repr(exc))
-                status, entries = Continuity.GONE, []
+                status, entries, more = Continuity.GONE, [], False
             if status is not Continuity.OK:
                 row, snapshot, cursor = await self._resync(owner, job_id, status, seen)
                 if snapshot is not None:
@@ -171,14 +191,20 @@ class Watch:
                 if status is Continuity.GONE:
                     await self._sleep(wake, self._settings.row_poll)
                 continue
-            for event_id, event in coalesce(entries):
+            behind = False
+            for event_id, event in entries:
                 event.event_id = event_id
+                began = clock()
                 yield event
                 if event.WhichOneof("kind") in TERMINAL_KINDS:
                     return
-            if entries:
-                cursor = entries[-1][0]
-            if len(entries) == BATCH or _take(wake):
+                cursor = event_id
+                if clock() - began > SLOW_WRITE:
+                    # The client is not reading: what is left of this batch, and whatever
+                    # came since, is read afresh and collapsed.
+                    behind = more = True
+                    break
+            if more or _take(wake):
                 continue
             if not await self._sleep(wake, self._settings.idle_check):
                 # A long silence: make sure the job did not end without its event.
@@ -186,6 +212,27 @@ class Watch:
                 if row.state.terminal:
                     yield self._snapshot(row, cursor if cursor != START else "")
                     return
+
+    async def _read(
+        self, job_id: uuid.UUID, cursor: str, *, behind: bool
+    ) -> tuple[Continuity, list[Entry], bool]:
+        """The entries after `cursor`, and whether more may follow at once.
+
+        A watcher `behind` (or finding more than `BACKLOG` entries) reads on to the end of
+        the log, a batch at a time, keeping every state change and the latest progress.
+        """
+        status, entries = await self._log.read_from(job_id, cursor, BATCH)
+        more = len(entries) == BATCH
+        if status is not Continuity.OK or not (behind or len(entries) > BACKLOG):
+            return status, entries, more
+        kept = coalesce(entries)
+        while more and kept[-1][1].WhichOneof("kind") not in TERMINAL_KINDS:
+            status, entries = await self._log.read_from(job_id, kept[-1][0], BATCH)
+            if status is not Continuity.OK:
+                break  # trimmed or gone meanwhile: the next read from `kept` finds out
+            more = len(entries) == BATCH
+            kept = coalesce(kept + entries)
+        return Continuity.OK, kept, False
 
     async def _resync(
         self, owner: str, job_id: uuid.UUID, status: Continuity, seen: tuple[object, ...]

@@ -4,12 +4,17 @@ server goes away, without gaps or duplicates."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
 import redis.asyncio
 
 from darkroom import events
+from darkroom.convert import job_to_proto
+from darkroom.store import JobStore
 from darkroom.v1 import events_service_pb2, job_pb2
 from darkroom_client import DarkroomClient, DeadlineExceeded
 from darkroom_client.jobs import ends_watch
@@ -129,3 +134,91 @@ async def test_watch_timeout_bounds_the_whole_watch(make_stack: StackFactory) ->
     with pytest.raises(DeadlineExceeded):
         await watch()
     assert [event.WhichOneof("kind") for event in received] == ["snapshot"]
+
+
+# A job that reports hundreds of steps, watched by callers that take 2 s over each event.
+STEPS = 300
+SLOW_CALLER_S = 2.0
+
+
+async def _run_job(log: events.EventLog, store: JobStore, job_id: str) -> float:
+    """Start the job, report every step at 100 a second, succeed; when it ended."""
+    loop = asyncio.get_running_loop()
+    row = await store.claim(uuid.UUID(job_id), 0, "steady-worker", timedelta(minutes=1))
+    assert row is not None
+    await log.append(events.started(job_id, 1, "steady-worker"))
+    for step in range(1, STEPS + 1):
+        await log.append(events.progress(job_id, 1, step, STEPS))
+        await asyncio.sleep(0.01)
+    done = await store.succeed(uuid.UUID(job_id), 1, [], "m", "v")
+    assert done is not None
+    await log.append(events.terminal(job_to_proto(done)))
+    return loop.time()
+
+
+def _steps(received: list[JobEvent]) -> list[int]:
+    return [event.progress.progress.step for event in received if event.HasField("progress")]
+
+
+async def test_a_slow_caller_gets_the_terminal_event_within_seconds_of_the_end(
+    make_stack: StackFactory, redis_client: redis.asyncio.Redis, store: JobStore
+) -> None:
+    stack = await make_stack(generator=False)
+    client = stack.client()
+    job = await client.submit("many steps", width=64, height=64, steps=50)
+    loop = asyncio.get_running_loop()
+    arrivals: dict[str, float] = {}
+    received: dict[str, list[JobEvent]] = {"slow": [], "fast": [], "blocking": []}
+    opened = threading.Barrier(2)
+
+    async def slow() -> None:
+        async for event in client.watch(job.id):
+            received["slow"].append(event)
+            if ends_watch(event):
+                arrivals["slow"] = loop.time()
+            else:
+                await asyncio.sleep(SLOW_CALLER_S)  # the caller's own work on each event
+
+    async def fast() -> None:
+        received["fast"] = [event async for event in client.watch(job.id)]
+
+    def blocking() -> None:
+        with DarkroomClient(stack.jobs_target, stack.events_target, token="alice-token") as sync:
+            for event in sync.watch(job.id):
+                received["blocking"].append(event)
+                if event.HasField("snapshot"):
+                    opened.wait(10)
+                if ends_watch(event):
+                    arrivals["blocking"] = loop.time()
+                else:
+                    threading.Event().wait(SLOW_CALLER_S)
+
+    watchers = [
+        asyncio.create_task(slow()),
+        asyncio.create_task(fast()),
+        asyncio.create_task(asyncio.to_thread(blocking)),
+    ]
+    async with asyncio.timeout(60):  # without collapsing: 300 progress events x 2 s each
+        await asyncio.to_thread(opened.wait, 10)
+        await asyncio.sleep(0.2)  # the async watchers are open too
+        ended = await _run_job(
+            events.EventLog(redis_client, stack.settings.key_prefix), store, job.id
+        )
+        await asyncio.gather(*watchers)
+
+    for name in ("slow", "blocking"):
+        # The caller finishes the event in hand, then perhaps the latest progress; then
+        # the end, instead of hundreds of stale steps.
+        assert arrivals[name] - ended < 15, name
+        kinds = [event.WhichOneof("kind") for event in received[name]]
+        assert kinds[:2] == ["snapshot", "started"]
+        assert kinds[-1] == "succeeded"
+        steps = _steps(received[name])
+        assert len(steps) < STEPS / 10, name
+        assert steps == sorted(set(steps))
+    # A caller that keeps up gets (almost) every step: collapsing is for the slow only.
+    steps = _steps(received["fast"])
+    assert steps == sorted(set(steps))
+    assert len(steps) >= STEPS * 0.8
+    assert steps[-1] == STEPS
+    assert received["fast"][-1].WhichOneof("kind") == "succeeded"

@@ -213,9 +213,12 @@ class AsyncDarkroomClient:
         """The job's events, from a snapshot (or after `after_event_id`) to its end.
 
         Stops after the terminal event, or a snapshot of a finished job. After
-        UNAVAILABLE or a dropped stream it resumes from the last event it yielded, with
-        backoff; it never yields an event twice. `timeout` bounds the whole watch
-        (default: none; each stream still carries a deadline and is resumed after it).
+        UNAVAILABLE, a CANCELLED it did not ask for, or a dropped stream it resumes from
+        the last event it received, with backoff; it never yields an event twice.
+        `timeout` bounds the whole watch (default: none; each stream still carries a
+        deadline and is resumed after it). The stream is read as it arrives, whatever
+        your pace: if you fall behind, the progress events waiting for you collapse to
+        the latest one, and every other event still comes, in order.
         """
 
         def open_stream(after: str, deadline: float) -> WatchCall:

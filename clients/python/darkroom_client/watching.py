@@ -1,13 +1,22 @@
 """Following a job's events across streams: where a watch resumes, which events it has
-already yielded, and when a stream that ended may be opened again."""
+already yielded, and when a stream that ended may be opened again.
+
+The streams are read as fast as the server sends, whatever the caller's pace: gRPC would
+otherwise buffer megabytes of stale progress for a slow caller, and its terminal event
+would wait behind them. What the caller has not taken yet waits in an `Outbox`, where a
+slow caller's progress events collapse to the latest one.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from darkroom.v1 import events_service_pb2
 from darkroom_client import jobs
@@ -17,6 +26,13 @@ from darkroom_client.retry import IDEMPOTENT, RetryPolicy
 
 # A WatchJob call: opened with (after_event_id, deadline), iterated for responses.
 WatchCall = Any
+JobEvent = events_service_pb2.JobEvent
+
+# A stream the server (or gRPC on its behalf) cancelled did not end the job: resume it.
+# Our own cancellations never get here: gRPC raises CancelledError for those.
+RESUMABLE = IDEMPOTENT | {grpc.StatusCode.CANCELLED}
+# A caller that has left an event waiting this long is slower than the job's progress.
+PATIENCE = 0.1
 
 
 def _event_key(event_id: str) -> tuple[int, int] | None:
@@ -34,7 +50,7 @@ class WatchCursor:
         self.after = after_event_id
         self._seen = _event_key(after_event_id)
 
-    def accept(self, event: events_service_pb2.JobEvent) -> bool:
+    def accept(self, event: JobEvent) -> bool:
         """Whether to yield `event` (False for a logged event yielded before); moves the
         cursor. A snapshot is always yielded and covers the events up to its id."""
         key = _event_key(event.event_id)
@@ -46,6 +62,56 @@ class WatchCursor:
         return True
 
 
+class Outbox:
+    """Events received and not yet taken, in order.
+
+    While the caller keeps up, every event waits its turn. Once the caller has been busy
+    with an event for `patience` seconds it is slower than the job: a new progress event,
+    or the terminal one, then replaces the progress events waiting before it. Every other
+    event always waits, in order, so the terminal event comes right after what the caller
+    is busy with.
+    """
+
+    def __init__(self, patience: float) -> None:
+        self._patience = patience
+        self._waiting: deque[JobEvent] = deque()
+        self._news = asyncio.Event()
+        self._busy_since: float | None = asyncio.get_running_loop().time()
+        self._closed = False
+        self._error: BaseException | None = None
+
+    def _caller_is_slow(self) -> bool:
+        busy_since = self._busy_since
+        now = asyncio.get_running_loop().time()
+        return busy_since is not None and now - busy_since > self._patience
+
+    def put(self, event: JobEvent) -> None:
+        supersedes = event.HasField("progress") or jobs.ends_watch(event)
+        if supersedes and self._waiting and self._caller_is_slow():
+            kept = (waiting for waiting in self._waiting if not waiting.HasField("progress"))
+            self._waiting = deque(kept)
+        self._waiting.append(event)
+        self._news.set()
+
+    def close(self, error: BaseException | None) -> None:
+        """No more events; `get` raises `error` (if any) once the waiting ones are taken."""
+        self._closed, self._error = True, error
+        self._news.set()
+
+    async def get(self) -> JobEvent | None:
+        """The next event; None at the end."""
+        self._busy_since = None
+        while not self._waiting:
+            if self._closed:
+                if self._error is not None:
+                    raise self._error
+                return None
+            self._news.clear()
+            await self._news.wait()
+        self._busy_since = asyncio.get_running_loop().time()
+        return self._waiting.popleft()
+
+
 async def follow(
     open_stream: Callable[[str, float], WatchCall],
     job_id: str,
@@ -53,8 +119,36 @@ async def follow(
     *,
     timeout: float | None,  # noqa: ASYNC109 - bounds every stream of the watch
     retry: RetryPolicy,
-) -> AsyncIterator[events_service_pb2.JobEvent]:
+) -> AsyncIterator[JobEvent]:
     """The job's events over as many streams as it takes (see `AsyncDarkroomClient.watch`)."""
+    outbox = Outbox(PATIENCE)
+    reader = asyncio.create_task(
+        _read(open_stream, job_id, after_event_id, outbox, timeout=timeout, retry=retry),
+        name=f"darkroom-watch-{job_id}",
+    )
+
+    def finished(task: asyncio.Task[None]) -> None:
+        outbox.close(asyncio.CancelledError() if task.cancelled() else task.exception())
+
+    reader.add_done_callback(finished)
+    try:
+        while (event := await outbox.get()) is not None:
+            yield event
+    finally:
+        reader.cancel()
+        await asyncio.wait([reader])
+
+
+async def _read(
+    open_stream: Callable[[str, float], WatchCall],
+    job_id: str,
+    after_event_id: str,
+    outbox: Outbox,
+    *,
+    timeout: float | None,  # noqa: ASYNC109 - bounds every stream of the watch
+    retry: RetryPolicy,
+) -> None:
+    """Read the job's streams into `outbox` until its end, resuming them as needed."""
     loop = asyncio.get_running_loop()
     end = None if timeout is None else loop.time() + timeout
     cursor = WatchCursor(after_event_id)
@@ -73,7 +167,7 @@ async def follow(
                 failures = 0
                 if not cursor.accept(response.event):
                     continue
-                yield response.event
+                outbox.put(response.event)
                 if jobs.ends_watch(response.event):
                     return
         except grpc.aio.AioRpcError as exc:
@@ -95,8 +189,28 @@ def _resume_delay(
 ) -> float:
     """How long to wait before resuming a watch whose stream ended with `error` (None:
     closed before the job ended); raises when that cannot be resumed, or too often."""
-    if error is not None and (error.code() not in IDEMPOTENT or failures >= retry.max_attempts):
+    hint = None if error is None else _retry_hint(error)
+    resumable = error is None or error.code() in RESUMABLE or hint is not None
+    if error is not None and (not resumable or failures >= retry.max_attempts):
         raise from_rpc_error(error) from error
     if failures >= retry.max_attempts:
         raise Unavailable(f"the watch of job {job_id} kept closing before the job ended")
-    return retry.backoff(failures - 1)
+    return max(retry.backoff(failures - 1), hint or 0.0)
+
+
+def _retry_hint(error: grpc.aio.AioRpcError) -> float | None:
+    """The seconds a RESOURCE_EXHAUSTED status asks the caller to wait (its `RetryInfo`);
+    None for other statuses, and when it gives no hint."""
+    if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    try:
+        status = rpc_status.from_call(error)
+    except ValueError:  # the details disagree with the call's own code or message
+        return None
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            seconds: float = info.retry_delay.ToTimedelta().total_seconds()
+            return max(0.0, seconds)
+    return None

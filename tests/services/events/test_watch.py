@@ -187,6 +187,11 @@ async def test_backlog_progress_collapses_to_the_latest(
         ("nope", "", {"job_id"}),
         (str(uuid.uuid4()), "garbage", {"after_event_id"}),
         ("", "1-x", {"job_id", "after_event_id"}),
+        # Numbers the pattern allows but Redis cannot hold (each part is below 2^64), and
+        # the very last id, which Redis refuses to read after.
+        (str(uuid.uuid4()), "99999999999999999999-0", {"after_event_id"}),
+        (str(uuid.uuid4()), "1-18446744073709551616", {"after_event_id"}),
+        (str(uuid.uuid4()), "18446744073709551615-18446744073709551615", {"after_event_id"}),
     ],
 )
 async def test_malformed_requests_are_invalid_argument(
