@@ -28,12 +28,15 @@ SERVICE_NAME = events_service_pb2.DESCRIPTOR.services_by_name["EventsService"].f
 READ_CONNECTIONS = 3
 
 
-def _client(settings: Settings, connections: int) -> redis.asyncio.Redis:
+def _client(
+    settings: Settings, connections: int, socket_timeout: float | None = None
+) -> redis.asyncio.Redis:
     pool = redis.asyncio.BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=connections,
         timeout=None,
         socket_connect_timeout=2,
+        socket_timeout=socket_timeout,
         health_check_interval=30,
         client_name=f"darkroom-events-{os.getpid()}",
     )
@@ -71,8 +74,14 @@ class EventsApp:
 
 async def start(settings: Settings, address: str | None = None) -> EventsApp:
     """Start the Events service on `address` (default: `settings.events_address`)."""
-    engine = db.create_engine(settings.database_url, settings.database_pool_size)
-    readers = _client(settings, READ_CONNECTIONS)
+    engine = db.create_engine(
+        settings.database_url,
+        settings.database_pool_size,
+        timeout=settings.database_timeout.total_seconds(),
+    )
+    # Stream reads never block: a Redis that stops answering fails them (the watchers
+    # fall back to the row). The listener blocks on pub/sub, so it has no such timeout.
+    readers = _client(settings, READ_CONNECTIONS, settings.enqueue_timeout.total_seconds())
     listener = _client(settings, 1)
     notifier = Notifier(listener, readers, settings.keys)
     await notifier.start()
@@ -82,7 +91,9 @@ async def start(settings: Settings, address: str | None = None) -> EventsApp:
         notifier=notifier,
         key_prefix=settings.key_prefix,
         settings=WatchSettings(
-            row_poll=settings.watch_row_poll, idle_check=settings.watch_idle_check
+            row_poll=settings.watch_row_poll,
+            idle_check=settings.watch_idle_check,
+            database_timeout=settings.database_timeout,
         ),
         url_for=storage_for(settings).url_for,
     )

@@ -27,6 +27,7 @@ import redis.asyncio
 import redis.exceptions
 import structlog
 
+from darkroom import db
 from darkroom.convert import job_to_proto
 from darkroom.errors import FieldViolation, InvalidArgumentError, NotFoundError, UnavailableError
 from darkroom.events import START, TERMINAL_KINDS, Continuity, Entry, EventLog, JobEvent
@@ -52,6 +53,8 @@ class WatchSettings:
 
     row_poll: timedelta = timedelta(seconds=1)  # following the row while the log is gone
     idle_check: timedelta = timedelta(seconds=30)  # re-read the row after this long in silence
+    # A row read that takes longer ends the stream UNAVAILABLE (the client resumes).
+    database_timeout: timedelta = timedelta(seconds=4)
 
 
 def parse_after(value: str) -> str:
@@ -136,7 +139,8 @@ class Watch:
         return woken
 
     async def _row(self, owner: str, job_id: uuid.UUID) -> JobRow:
-        row = await self._store.get(owner, job_id)
+        timeout = self._settings.database_timeout.total_seconds()
+        row = await db.bounded(self._store.get(owner, job_id), timeout)
         if row is None:
             raise NotFoundError(f"job {job_id} not found")
         return row
