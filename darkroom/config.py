@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     generator_model_revision: str = ""  # a Hugging Face revision to pin
     generator_device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     generator_dtype: str = Field(default="auto", pattern=r"^(auto|float32|float16|bfloat16)$")
+    # host:port of the generator's HTTP health endpoint (/healthz, /readyz); "": none.
+    generator_health_address: str = ""
     worker_id: str = ""  # default: hostname and pid
     # An idle worker blocks on its queue's wake-up list, which every enqueue pushes to, so
     # it starts a job as soon as it is queued; it also looks at the queue every poll delay

@@ -146,6 +146,10 @@ class Consumer:
         self._stopping = False
         self._waiting: asyncio.Future[Any] | None = None
         self.polls = 0  # how often it looked at the queue (the tests count them)
+        # When the loop last turned (monotonic), and whether that turn succeeded: the
+        # generator's health endpoint reads them.
+        self.turned_at = time.monotonic()
+        self.queue_ok = True
 
     async def run(self) -> None:
         """Take and run messages until `stop`; survive every error with backoff."""
@@ -158,14 +162,20 @@ class Consumer:
                 else:
                     await self._run(taken)
                 failures = 0
+                self.turned_at, self.queue_ok = time.monotonic(), True
             except asyncio.CancelledError:
                 if not self._stopping:
                     raise
             except Exception as exc:  # noqa: BLE001 - the loop must not end: log, back off
+                self.turned_at, self.queue_ok = time.monotonic(), False
                 failures += 1
                 delay = min(BACKOFF[1], BACKOFF[0] * 2 ** (failures - 1))
                 log.warning("queue_loop_failed", error=repr(exc), retry_in_s=delay)
                 await self._sleep(delay)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     def stop(self) -> None:
         """Take no more messages; the one running finishes (`run` returns after it)."""

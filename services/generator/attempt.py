@@ -46,6 +46,8 @@ class Attempt:
         self.progress = StepProgress(row.steps, services.settings.progress_rate)
         self._finished = False
         self._wake = asyncio.Event()  # the first step, or the end of the attempt
+        # The pipeline's last sign of life (monotonic), while it generates; None after.
+        self.pipeline_alive_at: float | None = time.monotonic()
 
     # Called on the pipeline thread after every denoising step. It only records the step:
     # the monitor looks at it on its own clock. Waking the event loop for every step cost
@@ -54,6 +56,7 @@ class Attempt:
     # step does wake it: that step's lease check stops an attempt that lost its job before
     # it stores anything, and the first progress event goes out at once.
     def on_step(self, step: int, total: int) -> bool:
+        self.pipeline_alive_at = time.monotonic()
         if self.progress.record(step, total):
             self._loop.call_soon_threadsafe(self._wake.set)
         return not self._stop.is_set()
@@ -139,6 +142,8 @@ class Attempt:
             return await future
         except PipelineInterrupted:
             return None
+        finally:
+            self.pipeline_alive_at = None
 
     async def run(self) -> None:
         """Run the attempt to its end; every outcome is a row transition."""

@@ -18,6 +18,7 @@ from darkroom.services.generator import pipeline as pipelines
 from darkroom.services.generator.attempt import Attempt
 from darkroom.services.generator.context import Services, Stop
 from darkroom.services.generator.faults import Faults
+from darkroom.services.generator.health import HealthServer, Vitals
 from darkroom.wiring import Resources
 
 log = structlog.get_logger("darkroom.generator")
@@ -83,6 +84,8 @@ class Generator:
     resources: Resources
     executor: ThreadPoolExecutor
     task: asyncio.Task[None] | None = None
+    health: HealthServer | None = None
+    health_port: int = 0
 
     async def wait(self) -> None:
         """Until the consumer ends: only once stopped."""
@@ -91,7 +94,7 @@ class Generator:
 
     async def stop(self, grace: timedelta) -> None:
         """Stop taking jobs, drain the current one, and close everything."""
-        self.consumer.stop()
+        self.consumer.stop()  # /readyz says so from now on
         await self.runner.drain(grace)
         # A message taken just before the stop may still start its attempt: hand that
         # one back at once too, then let the consumer finish its bookkeeping.
@@ -101,8 +104,26 @@ class Generator:
                 if not self.runner.idle.is_set():
                     await self.runner.drain(timedelta(0))
             await asyncio.gather(self.task, return_exceptions=True)
+        if self.health is not None:
+            await self.health.close()
         await self.resources.close()
         self.executor.shutdown(wait=True)
+
+    def vitals(self) -> Vitals:
+        """What the health endpoint reports (see `health`)."""
+        runner, consumer = self.runner, self.consumer
+
+        def attempt_alive_at() -> float | None:
+            current = runner.current
+            return current.pipeline_alive_at if current is not None else None
+
+        return Vitals(
+            looked_at=lambda: consumer.turned_at,
+            queue_ok=lambda: consumer.queue_ok,
+            attempt_alive_at=attempt_alive_at,
+            stopping=lambda: consumer.stopping,
+            stall=self.resources.settings.job_timeout.total_seconds(),
+        )
 
 
 async def start(
@@ -148,6 +169,9 @@ async def start(
         reject=runner.reject,
     )
     generator = Generator(consumer, runner, resources, executor)
+    if settings.generator_health_address:
+        generator.health = HealthServer(generator.vitals())
+        generator.health_port = await generator.health.start(settings.generator_health_address)
     generator.task = asyncio.create_task(consumer.run())
     log.info(
         "generator_started",
