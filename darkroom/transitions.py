@@ -218,12 +218,7 @@ class Transitions:
         return await self.transition(
             job_id,
             State.QUEUED,
-            {
-                "state": State.FAILED,
-                "completed_at": func.now(),
-                "error_code": code,
-                "error_message": message,
-            },
+            _failed(code, message),
             where=[JobRow.deadline <= func.now(), JobRow.started_at.is_(None)],
         )
 
@@ -233,13 +228,15 @@ class Transitions:
         """QUEUED -> FAILED for a job whose queue message at `queued_attempt` was set aside
         as poison (it could not be run)."""
         return await self.transition(
-            job_id,
-            State.QUEUED,
-            {
-                "state": State.FAILED,
-                "completed_at": func.now(),
-                "error_code": code,
-                "error_message": message,
-            },
-            attempt=queued_attempt,
+            job_id, State.QUEUED, _failed(code, message), attempt=queued_attempt
         )
+
+
+def _failed(code: int, message: str) -> dict[str, Any]:
+    """The values of a QUEUED job that fails without running."""
+    return {
+        "state": State.FAILED,
+        "completed_at": func.now(),
+        "error_code": code,
+        "error_message": message,
+    }

@@ -25,7 +25,6 @@ from arq.constants import job_key_prefix
 from darkroom import events
 from darkroom.lifecycle import EXPIRED_MESSAGE
 from darkroom.v1 import job_pb2
-from tests.faults.checker import check
 from tests.faults.cluster import Cluster, close_cluster, open_cluster, own_servers
 
 FAST = "step_ms=2"
@@ -110,13 +109,7 @@ async def run(args: argparse.Namespace) -> int:
         stop.set()
         faults = await chaos
         elapsed = time.monotonic() - started
-        verdict = await check(
-            accepted=cluster.accepted,
-            owner="alice",
-            store=cluster.store,
-            redis_client=cluster.redis,
-            key_prefix=cluster.settings.key_prefix,
-        )
+        verdict = await cluster.check()
         expired_after_start = await _expired_after_start(cluster, finals)
         expired = sum(job.error.message == EXPIRED_MESSAGE for job in finals)
         states: dict[str, int] = {}

@@ -29,7 +29,7 @@ from darkroom.services.jobs.app import start as start_jobs
 from darkroom.store import JobStore
 from darkroom.v1 import events_service_pb2, events_service_pb2_grpc, job_pb2, jobs_service_pb2_grpc
 from tests.conftest import create_database
-from tests.faults.checker import TERMINAL, WatchRecord
+from tests.faults.checker import TERMINAL, Verdict, WatchRecord, check
 from tests.helpers import Caller
 
 _numbers = itertools.count()
@@ -111,6 +111,17 @@ class Cluster:
             "DARKROOM_LOG_JSON": "true",
             **extra,
         }
+
+    async def check(self, watchers: list[WatchRecord] | None = None) -> Verdict:
+        """The checker's verdict on this cluster's history so far."""
+        return await check(
+            accepted=self.accepted,
+            owner="alice",
+            store=self.store,
+            redis_client=self.redis,
+            key_prefix=self.settings.key_prefix,
+            watchers=watchers or [],
+        )
 
     async def spawn(
         self, module: str, *args: str, clock: str = "", logs: Path | None = None, **extra: str

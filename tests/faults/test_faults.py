@@ -17,15 +17,7 @@ RUNNING: set[int] = {job_pb2.JOB_STATE_RUNNING}
 
 
 async def verdict(cluster: Cluster, watchers: list[WatchRecord] | None = None) -> None:
-    result = await check(
-        accepted=cluster.accepted,
-        owner="alice",
-        store=cluster.store,
-        redis_client=cluster.redis,
-        key_prefix=cluster.settings.key_prefix,
-        watchers=watchers or [],
-    )
-    result.assert_clean()
+    (await cluster.check(watchers)).assert_clean()
 
 
 async def test_worker_sigkill_mid_job_runs_again_and_completes(cluster: Cluster) -> None:

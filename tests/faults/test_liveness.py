@@ -18,7 +18,6 @@ from darkroom import events
 from darkroom.consumer import MOST_DELIVERIES
 from darkroom.keys import Keys
 from darkroom.v1 import job_pb2
-from tests.faults.checker import check
 from tests.faults.cluster import Cluster
 
 MODEL = "tiny-sd"
@@ -27,14 +26,7 @@ QUEUED: set[int] = {job_pb2.JOB_STATE_QUEUED}
 
 
 async def clean(cluster: Cluster) -> None:
-    verdict = await check(
-        accepted=cluster.accepted,
-        owner="alice",
-        store=cluster.store,
-        redis_client=cluster.redis,
-        key_prefix=cluster.settings.key_prefix,
-    )
-    verdict.assert_clean()
+    (await cluster.check()).assert_clean()
 
 
 def queue_name(cluster: Cluster) -> str:
