@@ -52,6 +52,19 @@ async def serve(app: App, settings: Settings) -> None:
         raise AppEndedError("the app ended without being stopped") from failure
 
 
+def raise_if_cancelled() -> None:
+    """Call once a round in a loop that outlives a dependency's errors.
+
+    A cancellation can be lost on its way through a client library: `asyncio.timeout`
+    turns a `CancelledError` into a `TimeoutError` when both land at once, and redis-py's
+    retry then runs the command again and returns normally (or our `except` goes round
+    again). The task still counts the request, so ask it and end the loop: a loop that
+    swallows its own cancellation makes whoever stops it wait for ever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def stop_signal() -> asyncio.Event:
     """An event set on SIGTERM or SIGINT (call from the running loop)."""
     stop = asyncio.Event()

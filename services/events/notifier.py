@@ -18,6 +18,7 @@ import redis.exceptions
 import structlog
 
 from darkroom.keys import Keys
+from darkroom.process import raise_if_cancelled
 
 log = structlog.get_logger("darkroom.events")
 
@@ -89,6 +90,7 @@ class Notifier:
             try:
                 await pubsub.subscribe(self._channel)
                 while True:
+                    raise_if_cancelled()
                     message = await pubsub.get_message(timeout=5.0)
                     if message is None:
                         continue
@@ -105,6 +107,7 @@ class Notifier:
                 redis.exceptions.TimeoutError,
                 OSError,
             ) as exc:
+                raise_if_cancelled()
                 log.warning("notifier_disconnected", error=repr(exc))
                 self._subscribed.set()  # serve anyway: watchers fall back to the row
                 await asyncio.sleep(0.5)
@@ -124,6 +127,7 @@ class Notifier:
                 first = False
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
                 pass  # the notifier's reconnect wakes everyone when Redis is back
+            raise_if_cancelled()
             await asyncio.sleep(self._data_check)
 
     async def close(self) -> None:

@@ -32,6 +32,7 @@ from darkroom.convert import job_to_proto
 from darkroom.errors import FieldViolation, InvalidArgumentError, NotFoundError, UnavailableError
 from darkroom.events import START, TERMINAL_KINDS, Continuity, Entry, EventLog, JobEvent
 from darkroom.models import JobRow
+from darkroom.process import raise_if_cancelled
 from darkroom.services.events.notifier import Notifier
 from darkroom.store import JobStore
 
@@ -180,9 +181,11 @@ class Watch:
         clock = asyncio.get_running_loop().time
         behind = False
         while True:
+            raise_if_cancelled()
             try:
                 status, entries, more = await self._read(job_id, cursor, behind=behind)
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                raise_if_cancelled()  # a cancellation the read turned into an error
                 log.warning("event_log_unreachable", error=repr(exc))
                 status, entries, more = Continuity.GONE, [], False
             if status is not Continuity.OK:

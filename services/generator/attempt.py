@@ -16,6 +16,7 @@ from PIL import Image
 
 from darkroom import events
 from darkroom.models import JobRecord
+from darkroom.process import raise_if_cancelled
 from darkroom.services.generator.context import PipelineWedgedError, Services, Stop
 from darkroom.services.generator.failures import Kind, PermanentError, classify
 from darkroom.services.generator.outputs import LeaseLostError, store_images
@@ -107,6 +108,7 @@ class Attempt:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(tick):
                     await self._wake.wait()
+            raise_if_cancelled()  # the suppressed timeout may have been our cancellation
             self._wake.clear()
             if self._finished:
                 return
@@ -117,6 +119,7 @@ class Attempt:
                     await self._beat(step or None)
                     beaten, beaten_step = now, step
                 except Exception as exc:  # noqa: BLE001 - keep going; the lease says how long
+                    raise_if_cancelled()
                     log.warning("heartbeat_failed", error=repr(exc))
                     continue
                 if self.stop_reason is Stop.LOST:
@@ -221,6 +224,7 @@ class Attempt:
         """Renew the lease every heartbeat interval while the outputs are stored."""
         every = self.s.settings.heartbeat_interval.total_seconds()
         while True:
+            raise_if_cancelled()
             await asyncio.sleep(every)
             try:
                 if (
@@ -232,6 +236,7 @@ class Attempt:
                     log.warning("lease_lost_while_storing")
                     return
             except Exception as exc:  # noqa: BLE001 - keep trying; the lease says how long
+                raise_if_cancelled()
                 log.warning("heartbeat_failed", error=repr(exc))
 
     @staticmethod

@@ -37,10 +37,12 @@ class ReconcilerApp:
                 if any(report.as_dict().values()):
                     log.info("reconciled", **report.as_dict())
             except Exception as exc:  # noqa: BLE001 - a pass fails when Postgres or Redis is down; retry
+                process.raise_if_cancelled()
                 log.warning("reconcile_failed", error=repr(exc))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await self.stopping.wait()
+            process.raise_if_cancelled()
 
     async def wait(self) -> None:
         """Until the loop ends (only on stop)."""
