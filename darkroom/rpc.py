@@ -4,10 +4,11 @@ requests that do not parse refused like any other invalid input (`RequestGuard`)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, TypeVar
 
@@ -110,25 +111,28 @@ def unary(method: str) -> Callable[[Handler[RequestT, ResponseT]], Wrapped[Reque
 
 
 StreamHandler = Callable[
-    [Any, RequestT, grpc.aio.ServicerContext[Any, Any], str], AsyncIterator[ResponseT]
+    [Any, RequestT, grpc.aio.ServicerContext[Any, Any], str], AsyncGenerator[ResponseT, None]
 ]
-StreamWrapped = Callable[
-    [Any, RequestT, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[ResponseT]
-]
+StreamWrapped = Callable[[Any, RequestT, grpc.aio.ServicerContext[Any, Any]], Awaitable[None]]
 
 
 def server_stream(
     method: str,
-) -> Callable[[StreamHandler[RequestT, ResponseT]], StreamWrapped[RequestT, ResponseT]]:
+) -> Callable[[StreamHandler[RequestT, ResponseT]], StreamWrapped[RequestT]]:
     """Wrap a server-streaming handler `(self, request, context, owner)`: authenticate,
     refuse a request that did not parse, map errors to statuses, and log one line when
     the stream ends."""
 
-    def decorate(handler: StreamHandler[RequestT, ResponseT]) -> StreamWrapped[RequestT, ResponseT]:
+    def decorate(handler: StreamHandler[RequestT, ResponseT]) -> StreamWrapped[RequestT]:
+        # The wrapper writes each response itself rather than yielding it to gRPC: a
+        # caller that cancels then interrupts our `write`, in our frame, and `aclosing`
+        # ends the handler's generator (and its `finally`) at once. Yielded to gRPC, a
+        # cancelled stream left the generators suspended until the garbage collector
+        # found them, and a watcher that had left stayed registered until then.
         @functools.wraps(handler)
         async def wrapper(
             self: Servicer, request: RequestT, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[ResponseT]:
+        ) -> None:
             structlog.contextvars.clear_contextvars()
             structlog.contextvars.bind_contextvars(method=method)
             started = time.perf_counter()
@@ -138,9 +142,11 @@ def server_stream(
             try:
                 owner = self.authenticator.owner_for(context.invocation_metadata())
                 structlog.contextvars.bind_contextvars(owner=owner)
-                async for response in handler(self, _parsed(request), context, owner):
-                    yield response
-                    sent += 1
+                responses = handler(self, _parsed(request), context, owner)
+                async with contextlib.aclosing(responses):
+                    async for response in responses:
+                        await context.write(response)
+                        sent += 1
             except Exception as exc:  # noqa: BLE001 - every failure becomes a status below
                 error = to_error(exc, method)
                 outcome = error.code.name

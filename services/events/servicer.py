@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import grpc
@@ -23,13 +24,15 @@ class EventsServicer(events_service_pb2_grpc.EventsServiceServicer):
         self.watch = watch
         self.authenticator = authenticator
 
+    # The decorator turns this generator into a handler that writes each response itself
+    # (see `server_stream`), which gRPC accepts for a server stream but its stubs do not say.
     @server_stream("WatchJob")
-    async def WatchJob(
+    async def WatchJob(  # type: ignore[override]
         self,
         request: events_service_pb2.WatchJobRequest,
         context: grpc.aio.ServicerContext[Any, Any],
         owner: str,
-    ) -> AsyncIterator[events_service_pb2.WatchJobResponse]:
+    ) -> AsyncGenerator[events_service_pb2.WatchJobResponse, None]:
         job_id, violations = parse_uuid("job_id", request.job_id)
         try:
             after = parse_after(request.after_event_id)
@@ -39,5 +42,7 @@ class EventsServicer(events_service_pb2_grpc.EventsServiceServicer):
         if job_id is None or violations:
             raise InvalidArgumentError("the watch request is invalid", violations)
         structlog.contextvars.bind_contextvars(job_id=str(job_id))
-        async for event in self.watch.events(owner, job_id, after):
-            yield events_service_pb2.WatchJobResponse(event=event)
+        # Closed here, not left to the garbage collector, when the stream ends early.
+        async with contextlib.aclosing(self.watch.events(owner, job_id, after)) as events:
+            async for event in events:
+                yield events_service_pb2.WatchJobResponse(event=event)

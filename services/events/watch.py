@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -128,11 +128,16 @@ class Watch:
         # Checked before waiting too: the shutdown's wake-up may have been consumed already.
         if self._notifier.closing:
             raise UnavailableError("the events server is shutting down: resume elsewhere")
+        # A caller that left while we read Redis or wrote to it may have had its
+        # cancellation swallowed on the way (see `raise_if_cancelled`): do not wait for
+        # news nobody will read.
+        raise_if_cancelled()
         woken = True
         try:
             async with asyncio.timeout(limit.total_seconds()):
                 await wake.wait()
         except TimeoutError:
+            raise_if_cancelled()  # the timeout may have taken our cancellation for its own
             woken = False
         wake.clear()
         if self._notifier.closing:
@@ -146,7 +151,9 @@ class Watch:
             raise NotFoundError(f"job {job_id} not found")
         return row
 
-    async def events(self, owner: str, job_id: uuid.UUID, after: str) -> AsyncIterator[JobEvent]:
+    async def events(
+        self, owner: str, job_id: uuid.UUID, after: str
+    ) -> AsyncGenerator[JobEvent, None]:
         """The events of `owner`'s job `job_id` after `after`, ending with its terminal."""
         # Listen before the first read, so nothing published in between is missed.
         wake = self._notifier.register(str(job_id))
