@@ -1,18 +1,50 @@
-"""Caller identity: `authorization: Bearer <token>` metadata mapped to an owner."""
+"""Caller identity: `authorization: Bearer <token>` metadata mapped to an owner.
+
+The token table (`DARKROOM_AUTH_TOKENS`) maps each token to its owner. A key may be the
+raw token or `sha256:<64 hex digits>`, the SHA-256 of the token, so that a configuration
+that leaks (a ConfigMap, a dump of the environment) leaks no credential.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import re
 from collections.abc import Iterable, Mapping
 
+from darkroom.config import DEV_TOKEN
 from darkroom.errors import UnauthenticatedError
+
+DIGEST_PREFIX = "sha256:"
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def token_digest(token: str) -> str:
+    """The `sha256:<hex>` key that stands for `token` in the token table."""
+    return DIGEST_PREFIX + hashlib.sha256(token.encode()).hexdigest()
+
+
+def is_digest(key: str) -> bool:
+    return _DIGEST.match(key) is not None
+
+
+def _digest_bytes(key: str) -> bytes:
+    if key.startswith(DIGEST_PREFIX):
+        return bytes.fromhex(key.removeprefix(DIGEST_PREFIX))
+    return hashlib.sha256(key.encode()).digest()
+
+
+def holds_dev_token(tokens: Mapping[str, str]) -> bool:
+    """Whether the published development token (raw or as its digest) is in the table."""
+    return DEV_TOKEN in tokens or token_digest(DEV_TOKEN) in tokens
 
 
 class Authenticator:
     """Maps bearer tokens to owners through a configured token table."""
 
     def __init__(self, tokens: Mapping[str, str]) -> None:
-        self._tokens = [(token.encode(), owner) for token, owner in tokens.items()]
+        # Every key is compared as a digest, raw or not, in constant time.
+        self._digests = [(_digest_bytes(key), owner) for key, owner in tokens.items()]
 
     def owner_for(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
         """The owner the call's metadata authenticates, or UnauthenticatedError."""
@@ -26,10 +58,10 @@ class Authenticator:
         scheme, _, token = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise UnauthenticatedError("the authorization metadata must be 'Bearer <token>'")
-        presented = token.strip().encode()
+        presented = hashlib.sha256(token.strip().encode()).digest()
         owner = None
-        # Compare against every token in constant time so timing reveals nothing.
-        for known, known_owner in self._tokens:
+        # Compare against every entry so timing reveals nothing about which matched.
+        for known, known_owner in self._digests:
             if hmac.compare_digest(known, presented):
                 owner = known_owner
         if owner is None:

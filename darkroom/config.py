@@ -45,12 +45,26 @@ class Settings(BaseSettings):
     # arq job ids), so several deployments or test runs can share one Redis.
     key_prefix: str = Field(default="darkroom", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
 
-    jobs_address: str = "[::]:50051"
-    events_address: str = "[::]:50052"
+    # Loopback by default: a deployment names the interfaces it serves on (and then
+    # needs TLS or DARKROOM_ALLOW_INSECURE, and tokens of its own).
+    jobs_address: str = "127.0.0.1:50051"
+    events_address: str = "127.0.0.1:50052"
+    # A plaintext port that answers grpc.health.v1 only, for Kubernetes' gRPC probes
+    # (which cannot speak TLS); off when empty.
+    jobs_health_address: str = ""
+    events_health_address: str = ""
     shutdown_grace: Seconds = timedelta(seconds=10)
 
-    # Bearer token -> owner. The default holds only the development token: set your own
-    # table (JSON) in production.
+    # TLS for the Jobs and Events ports: PEM certificate chain and key; with a client CA,
+    # callers must present a certificate it signed (mutual TLS).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    # Plaintext off loopback is refused unless this says something else encrypts it.
+    allow_insecure: bool = False
+
+    # Bearer token -> owner. A key may be the token's SHA-256 as "sha256:<64 hex>". The
+    # default holds only the development token, which works only on loopback.
     auth_tokens: dict[str, str] = Field(default_factory=lambda: {DEV_TOKEN: DEV_OWNER})
 
     models: list[str] = Field(default_factory=lambda: ["tiny-sd"])
@@ -119,6 +133,12 @@ class Settings(BaseSettings):
     def _tokens_not_empty(cls, tokens: dict[str, str]) -> dict[str, str]:
         if any(not token or not owner for token, owner in tokens.items()):
             raise ValueError("every token and owner must be non-empty")
+        for token in tokens:
+            if token.startswith("sha256:") and not re.fullmatch(r"sha256:[0-9a-f]{64}", token):
+                raise ValueError(
+                    "a key that starts with 'sha256:' must be 64 lowercase hex digits "
+                    "(printf %s TOKEN | sha256sum)"
+                )
         return tokens
 
     @field_validator("database_timeout", "enqueue_timeout")

@@ -12,6 +12,7 @@ import redis.asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from darkroom import db
+from darkroom import server as servers
 from darkroom.auth import Authenticator
 from darkroom.config import Settings
 from darkroom.server import RunningServer, create_server
@@ -65,7 +66,7 @@ class EventsApp:
         """End every open stream with UNAVAILABLE, stop serving, release connections."""
         await self.running.health.enter_graceful_shutdown()
         await self.notifier.close()
-        await self.running.server.stop(grace.total_seconds())
+        await self.running.stop(grace)
         for client in (self.readers, self.listener):
             await client.aclose()
             await client.connection_pool.disconnect()
@@ -74,6 +75,9 @@ class EventsApp:
 
 async def start(settings: Settings, address: str | None = None) -> EventsApp:
     """Start the Events service on `address` (default: `settings.events_address`)."""
+    listen = servers.listener(
+        address or settings.events_address, settings, health_address=settings.events_health_address
+    )
     engine = db.create_engine(
         settings.database_url,
         settings.database_pool_size,
@@ -103,5 +107,5 @@ async def start(settings: Settings, address: str | None = None) -> EventsApp:
         events_service_pb2_grpc.add_EventsServiceServicer_to_server(servicer, server)
         return [SERVICE_NAME]
 
-    running = await create_server(address or settings.events_address, register)
+    running = await create_server(listen, register)
     return EventsApp(running, notifier, engine, readers, listener)

@@ -12,7 +12,7 @@ from darkroom import queue
 from darkroom.auth import Authenticator
 from darkroom.config import Settings
 from darkroom.inserts import JobInserter
-from darkroom.server import RunningServer, create_server
+from darkroom.server import RunningServer, create_server, listener
 from darkroom.services.jobs.servicer import JobsServicer
 from darkroom.services.jobs.submits import SubmitBatcher
 from darkroom.v1 import jobs_service_pb2, jobs_service_pb2_grpc
@@ -50,6 +50,9 @@ class JobsApp:
 
 async def start(settings: Settings, address: str | None = None) -> JobsApp:
     """Start the Jobs service on `address` (default: `settings.jobs_address`)."""
+    listen = listener(
+        address or settings.jobs_address, settings, health_address=settings.jobs_health_address
+    )
     # No Redis call of a request waits longer than the enqueue timeout (this process
     # never blocks on a Redis command), no database call longer than the database's.
     resources = Resources.open(settings, redis_timeout=settings.enqueue_timeout.total_seconds())
@@ -72,5 +75,5 @@ async def start(settings: Settings, address: str | None = None) -> JobsApp:
         jobs_service_pb2_grpc.add_JobsServiceServicer_to_server(servicer, server)
         return [SERVICE_NAME]
 
-    running = await create_server(address or settings.jobs_address, register)
+    running = await create_server(listen, register)
     return JobsApp(running, servicer, resources)

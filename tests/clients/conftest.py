@@ -164,10 +164,15 @@ class Stack:
         }
 
     async def cli(
-        self, *args: str, token: str = "alice-token", cwd: Path = REPO_ROOT
+        self,
+        *args: str,
+        token: str = "alice-token",
+        cwd: Path = REPO_ROOT,
+        env: dict[str, str] | None = None,
     ) -> tuple[int, str, str]:
-        """Run `darkroom ARGS` as a real process; its exit code, stdout and stderr."""
-        env = self.env(token)
+        """Run `darkroom ARGS` as a real process (`env` adds variables); its exit code,
+        stdout and stderr."""
+        env = {**self.env(token), **(env or {})}
         env["PYTHONPATH"] = str(REPO_ROOT)
         process = await asyncio.create_subprocess_exec(
             sys.executable,

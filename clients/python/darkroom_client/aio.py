@@ -30,6 +30,7 @@ from darkroom_client.defaults import (
     DEFAULT_JOBS_TARGET,
     DEFAULT_TIMEOUT,
     DEV_TOKEN,
+    credentials_from_env,
     events_target_from_env,
     jobs_target_from_env,
     token_from_env,
@@ -77,6 +78,8 @@ class AsyncDarkroomClient:
         self.retry = retry
         self.watch_retry = watch_retry
         self._metadata = (("authorization", f"Bearer {token or token_from_env()}"),)
+        if credentials is None:
+            credentials = credentials_from_env()
         self._stubs = Stubs(self.jobs_target, self.events_target, credentials, interceptors)
 
     @property

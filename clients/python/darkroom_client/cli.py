@@ -22,11 +22,13 @@ from darkroom_client.aio import AsyncDarkroomClient
 from darkroom_client.cli_generate import generate
 from darkroom_client.cli_output import print_json, show_job, when
 from darkroom_client.cli_parser import EPILOG, build_parser, spec_of
+from darkroom_client.defaults import TLSSettingsError
 from darkroom_client.errors import DarkroomError, InvalidArgument, JobEnded, JobFailed
 from darkroom_client.exit_codes import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_USAGE,
     exit_code,
     state_exit_code,
 )
@@ -114,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"darkroom: {error}", file=sys.stderr)
         return code
+    except TLSSettingsError as error:
+        print(f"darkroom: {error}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("darkroom: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -24,6 +24,10 @@ environment:
   DARKROOM_JOBS_TARGET    Jobs service address (default localhost:50051)
   DARKROOM_EVENTS_TARGET  Events service address (default localhost:50052)
   DARKROOM_TOKEN          bearer token (default: the development token)
+  DARKROOM_TLS_CA_FILE    connect over TLS, trusting this CA bundle (PEM)
+  DARKROOM_TLS=1          connect over TLS, trusting the system's CAs
+  DARKROOM_TLS_CLIENT_CERT_FILE, DARKROOM_TLS_CLIENT_KEY_FILE
+                          this client's certificate and key (servers with mutual TLS)
 """
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+import grpc
 
 DEFAULT_JOBS_TARGET = "localhost:50051"
 DEFAULT_EVENTS_TARGET = "localhost:50052"
@@ -32,3 +35,43 @@ def events_target_from_env() -> str:
 def token_from_env() -> str:
     """The bearer token: `DARKROOM_TOKEN`, else the development token."""
     return os.environ.get("DARKROOM_TOKEN") or DEV_TOKEN
+
+
+class TLSSettingsError(ValueError):
+    """A TLS environment variable names a file that cannot be read, or half a pair."""
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _pem(variable: str) -> bytes:
+    path = os.environ[variable]
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise TLSSettingsError(f"{variable}: cannot read {path}: {exc.strerror}") from exc
+
+
+def credentials_from_env() -> grpc.ChannelCredentials | None:
+    """TLS from the environment, or None (plaintext) when none of these is set:
+
+    - `DARKROOM_TLS_CA_FILE`: the CA bundle (PEM) that signed the servers' certificates;
+    - `DARKROOM_TLS=1`: TLS against the system's trusted CAs;
+    - `DARKROOM_TLS_CLIENT_CERT_FILE` and `DARKROOM_TLS_CLIENT_KEY_FILE`: this client's
+      certificate and key, for servers that require mutual TLS.
+    """
+    ca = os.environ.get("DARKROOM_TLS_CA_FILE")
+    cert = os.environ.get("DARKROOM_TLS_CLIENT_CERT_FILE")
+    key = os.environ.get("DARKROOM_TLS_CLIENT_KEY_FILE")
+    if not (ca or cert or key or _truthy(os.environ.get("DARKROOM_TLS"))):
+        return None
+    if bool(cert) != bool(key):
+        raise TLSSettingsError(
+            "set both DARKROOM_TLS_CLIENT_CERT_FILE and DARKROOM_TLS_CLIENT_KEY_FILE, or neither"
+        )
+    return grpc.ssl_channel_credentials(
+        root_certificates=_pem("DARKROOM_TLS_CA_FILE") if ca else None,
+        private_key=_pem("DARKROOM_TLS_CLIENT_KEY_FILE") if key else None,
+        certificate_chain=_pem("DARKROOM_TLS_CLIENT_CERT_FILE") if cert else None,
+    )
