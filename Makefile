@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # Extra bench arguments, e.g. `make bench BENCH_ARGS=--quick`.
 BENCH_ARGS ?=
 
-.PHONY: help install generate lint test bench bench-gpu demo up down migrate jobs events generator reconciler tiny-model chaos
+.PHONY: help install generate lint test bench bench-gpu demo up down migrate jobs events generator reconciler tiny-model chaos image-smoke
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -67,7 +67,7 @@ down:  ## Stop what `make up` started.
 	$(PY) -m darkroom.services.stack down
 
 migrate: install  ## Upgrade the database at DARKROOM_DATABASE_URL to the latest schema.
-	$(PY) -c 'from darkroom.config import load_settings; from darkroom.db import migrate; migrate(load_settings("migrate").database_url)'
+	$(PY) -m darkroom.migrate
 
 jobs: install  ## Run the Jobs service (settings from DARKROOM_* variables).
 	$(PY) -m darkroom.services.jobs
@@ -88,3 +88,6 @@ tiny-model: .darkroom/models/tiny-sd/model_index.json  ## Build the tiny random 
 
 .darkroom/models/tiny-sd/model_index.json: services/generator/tiny_model.py | $(VENV)/.contract
 	TRANSFORMERS_VERBOSITY=error $(PY) -m darkroom.services.generator.tiny_model .darkroom/models/tiny-sd
+
+image-smoke: install tiny-model  ## Build both images, run one job through them (root + Docker; not in CI).
+	deploy/image-smoke.sh

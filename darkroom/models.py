@@ -149,6 +149,14 @@ class JobRow(Base):
         ),
         Index("ix_jobs_queued_run_after", "run_after", postgresql_where=text("state = 'QUEUED'")),
         Index("ix_jobs_queued_deadline", "deadline", postgresql_where=text("state = 'QUEUED'")),
+        # The autoscaler's count of a model's due and running jobs (deploy/k8s, KEDA).
+        Index(
+            "ix_jobs_active_model",
+            "model",
+            "state",
+            "run_after",
+            postgresql_where=text("state IN ('QUEUED', 'RUNNING')"),
+        ),
     )
 
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import psycopg
 from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine
 
 from darkroom import db
+from darkroom.models import Base
 from tests.conftest import create_database, drop_database
 from tests.helpers import RUN_ID
 
@@ -39,4 +43,26 @@ def test_upgrade_downgrade_upgrade_from_empty(postgres_admin_url: str) -> None:
         db.migrate(url)
         assert "jobs" in _tables_and_triggers(url)[0]
     finally:
+        drop_database(postgres_admin_url, name)
+
+
+def test_the_migrated_schema_matches_the_models(postgres_admin_url: str) -> None:
+    """An index or column declared in models.py but in no migration (or the reverse)."""
+    name = f"darkroom_compare_{RUN_ID}"
+    url = create_database(postgres_admin_url, name)
+    engine = create_engine(url)
+    try:
+        db.migrate(url)
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection)
+            assert compare_metadata(context, Base.metadata) == []
+            indexes = {
+                row[0]
+                for row in connection.exec_driver_sql(
+                    "SELECT indexname FROM pg_indexes WHERE tablename = 'jobs'"
+                )
+            }
+        assert "ix_jobs_active_model" in indexes
+    finally:
+        engine.dispose()
         drop_database(postgres_admin_url, name)
