@@ -9,6 +9,7 @@ import re
 import pytest
 
 from darkroom.config import Settings
+from darkroom.server import check_exposure, is_loopback
 from tests.deploy.manifests import (
     WORKLOADS,
     Obj,
@@ -295,3 +296,25 @@ def test_dev_runs_plaintext_with_its_own_stores(rendered: dict[str, list[Obj]]) 
         (expression,) = ours[0]["podSelector"]["matchExpressions"]
         assert allowed <= set(expression["values"])
         assert all("namespaceSelector" not in p or p["podSelector"] for p in peers)
+
+
+def test_the_dev_servers_would_start_with_their_settings(
+    rendered: dict[str, list[Obj]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settings the dev overlay gives Jobs and Events pass the servers' own start
+    checks (a non-loopback address refuses the development token and bare plaintext)."""
+    objects = rendered["dev"]
+    secrets = secret_data(named(objects, "Secret", "darkroom-secrets"))
+    for name, address_setting in (
+        ("darkroom-jobs", "jobs_address"),
+        ("darkroom-events", "events_address"),
+    ):
+        (server,) = containers(named(objects, "Deployment", name), init=False)
+        for variable, value in {**env_of(objects, server), **secrets}.items():
+            monkeypatch.setenv(variable, value)
+        loaded = Settings()
+        address = getattr(loaded, address_setting)
+        assert not is_loopback(address)
+        check_exposure(address, loaded)
+        for variable in {**env_of(objects, server), **secrets}:
+            monkeypatch.delenv(variable)
