@@ -9,28 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 from collections.abc import Iterable, Mapping
 
-from darkroom.config import DEV_TOKEN
+from darkroom.config import DEV_TOKEN, TOKEN_DIGEST_PREFIX
 from darkroom.errors import UnauthenticatedError
-
-DIGEST_PREFIX = "sha256:"
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 def token_digest(token: str) -> str:
     """The `sha256:<hex>` key that stands for `token` in the token table."""
-    return DIGEST_PREFIX + hashlib.sha256(token.encode()).hexdigest()
-
-
-def is_digest(key: str) -> bool:
-    return _DIGEST.match(key) is not None
+    return TOKEN_DIGEST_PREFIX + hashlib.sha256(token.encode()).hexdigest()
 
 
 def _digest_bytes(key: str) -> bytes:
-    if key.startswith(DIGEST_PREFIX):
-        return bytes.fromhex(key.removeprefix(DIGEST_PREFIX))
+    if key.startswith(TOKEN_DIGEST_PREFIX):  # the settings checked its form
+        return bytes.fromhex(key.removeprefix(TOKEN_DIGEST_PREFIX))
     return hashlib.sha256(key.encode()).digest()
 
 

@@ -14,6 +14,9 @@ from darkroom.keys import Keys
 
 DEV_TOKEN = "darkroom-dev-token"  # noqa: S105 - documented development token, not a secret
 DEV_OWNER = "dev"
+# A token-table key may be the token's SHA-256 instead of the token: "sha256:<64 hex>".
+TOKEN_DIGEST_PREFIX = "sha256:"  # noqa: S105 - a key format, not a secret
+TOKEN_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def _seconds(value: Any) -> Any:
@@ -134,7 +137,7 @@ class Settings(BaseSettings):
         if any(not token or not owner for token, owner in tokens.items()):
             raise ValueError("every token and owner must be non-empty")
         for token in tokens:
-            if token.startswith("sha256:") and not re.fullmatch(r"sha256:[0-9a-f]{64}", token):
+            if token.startswith(TOKEN_DIGEST_PREFIX) and not TOKEN_DIGEST.fullmatch(token):
                 raise ValueError(
                     "a key that starts with 'sha256:' must be 64 lowercase hex digits "
                     "(printf %s TOKEN | sha256sum)"

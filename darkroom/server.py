@@ -154,7 +154,7 @@ class Listener:
     mutual_tls: bool = False
 
 
-def listener(address: str, settings: Settings, *, health_address: str = "") -> Listener:
+def prepare_listener(address: str, settings: Settings, *, health_address: str = "") -> Listener:
     """Check the settings for `address` (ExposureError names what to change) and load TLS."""
     check_exposure(address, settings)
     return Listener(

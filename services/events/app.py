@@ -12,10 +12,9 @@ import redis.asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from darkroom import db
-from darkroom import server as servers
 from darkroom.auth import Authenticator
 from darkroom.config import Settings
-from darkroom.server import RunningServer, create_server
+from darkroom.server import RunningServer, create_server, prepare_listener
 from darkroom.services.events.notifier import Notifier
 from darkroom.services.events.servicer import EventsServicer
 from darkroom.services.events.watch import Watch, WatchSettings
@@ -75,7 +74,7 @@ class EventsApp:
 
 async def start(settings: Settings, address: str | None = None) -> EventsApp:
     """Start the Events service on `address` (default: `settings.events_address`)."""
-    listen = servers.listener(
+    listen = prepare_listener(
         address or settings.events_address, settings, health_address=settings.events_health_address
     )
     engine = db.create_engine(

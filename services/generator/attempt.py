@@ -236,7 +236,6 @@ class Attempt:
                     log.warning("lease_lost_while_storing")
                     return
             except Exception as exc:  # noqa: BLE001 - keep trying; the lease says how long
-                raise_if_cancelled()
                 log.warning("heartbeat_failed", error=repr(exc))
 
     @staticmethod

@@ -12,7 +12,7 @@ from darkroom import queue
 from darkroom.auth import Authenticator
 from darkroom.config import Settings
 from darkroom.inserts import JobInserter
-from darkroom.server import RunningServer, create_server, listener
+from darkroom.server import RunningServer, create_server, prepare_listener
 from darkroom.services.jobs.servicer import JobsServicer
 from darkroom.services.jobs.submits import SubmitBatcher
 from darkroom.v1 import jobs_service_pb2, jobs_service_pb2_grpc
@@ -50,7 +50,7 @@ class JobsApp:
 
 async def start(settings: Settings, address: str | None = None) -> JobsApp:
     """Start the Jobs service on `address` (default: `settings.jobs_address`)."""
-    listen = listener(
+    listen = prepare_listener(
         address or settings.jobs_address, settings, health_address=settings.jobs_health_address
     )
     # No Redis call of a request waits longer than the enqueue timeout (this process

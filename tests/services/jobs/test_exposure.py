@@ -16,7 +16,7 @@ from darkroom import devservers
 from darkroom.auth import Authenticator, holds_dev_token, token_digest
 from darkroom.config import DEV_TOKEN, Settings
 from darkroom.errors import UnauthenticatedError
-from darkroom.server import ExposureError, check_exposure, is_loopback, listener
+from darkroom.server import ExposureError, check_exposure, is_loopback, prepare_listener
 
 
 @pytest.mark.parametrize(
@@ -72,7 +72,7 @@ def test_tls_settings_that_cannot_work_name_the_setting(tmp_path: Path) -> None:
     ]
     for changes, message in cases:
         with pytest.raises(ExposureError, match=message):
-            listener("127.0.0.1:0", Settings().model_copy(update=changes))
+            prepare_listener("127.0.0.1:0", Settings().model_copy(update=changes))
 
 
 def test_a_table_of_digests_authenticates_without_holding_the_tokens() -> None:
