@@ -9,6 +9,7 @@ import json
 import signal
 import uuid
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -169,6 +170,8 @@ async def test_skewed_clocks_still_take_jobs_and_retry_on_time(
     behind = tmp_path / "generator.log"
     await cluster.reconciler(clock="+1h")
     doomed = await cluster.generator("step_ms=100", clock="-30m", logs=behind)
+    # The check runs beside the work, so wait for its verdict before the kill can cut it off.
+    skewed = await _logged(behind, "clock_skewed", timeout=30)
     job_id = await cluster.submit(steps=40)
     first = await cluster.submit()
     await cluster.wait(job_id, RUNNING, timeout=30)
@@ -178,10 +181,19 @@ async def test_skewed_clocks_still_take_jobs_and_retry_on_time(
     finals = await cluster.wait_all([job_id, first], timeout=60)
     assert {job.state for job in finals} == {job_pb2.JOB_STATE_SUCCEEDED}
     assert finals[0].attempt == 2
-    skewed = [
-        json.loads(line) for line in behind.read_text().splitlines() if "clock_skewed" in line
-    ]
     assert skewed, "the generator did not warn about its clock"
     assert skewed[0]["server"] in {"database", "redis"}
     assert abs(skewed[0]["offset_s"] - 1800) < 60
     await clean(cluster)
+
+
+async def _logged(path: Path, event: str, timeout: float) -> list[dict[str, Any]]:
+    """The JSON log lines of `event` in `path`, once there is one (empty after `timeout`)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        lines = path.read_text().splitlines() if path.exists() else []
+        found = [json.loads(line) for line in lines if f'"{event}"' in line]
+        if found or loop.time() > deadline:
+            return found
+        await asyncio.sleep(0.1)
