@@ -1,0 +1,1 @@
+"""The HTTP gateway: REST/JSON, server-sent events, a WebSocket and the page, for browsers."""

@@ -1,0 +1,56 @@
+"""How every API handler starts: who is calling, may they, and errors as HTTP answers."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+
+import grpc
+import structlog
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from starlette.requests import Request
+from starlette.responses import Response
+
+from darkroom.services.gateway import calls
+from darkroom.services.gateway.errors import error_response, from_darkroom_error, unauthenticated
+from darkroom.services.gateway.session import Caller
+from darkroom.services.gateway.state import gateway_of
+from darkroom_client.errors import DarkroomError
+
+log = structlog.get_logger("darkroom.gateway")
+
+Handler = Callable[[Request, Caller], Awaitable[Response]]
+
+
+def as_json(message: Message) -> dict[str, object]:
+    """A message as the gateway's JSON: proto field names, enums by name, so that the paths
+    of field violations (`spec.num_images`) are the paths of the JSON itself."""
+    result: dict[str, object] = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return result
+
+
+def authenticated(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Run `handler` as the request's caller: 401 without one, 403 for a forged cookie
+    request, the mapped status for a failed call, 500 (logged) for anything else."""
+
+    @functools.wraps(handler)
+    async def endpoint(request: Request) -> Response:
+        sessions = gateway_of(request).sessions
+        caller = sessions.identify(request)
+        if caller is None:
+            return unauthenticated()
+        refused = sessions.refuse_forgery(request, caller)
+        if refused is not None:
+            return refused
+        # Streaming responses go on in this task after the handler returns: they keep it.
+        calls.set_caller(caller.token)
+        try:
+            return await handler(request, caller)
+        except DarkroomError as exc:
+            return from_darkroom_error(exc)
+        except Exception:  # noqa: BLE001 - the boundary: logged here, never sent
+            log.exception("gateway_request_failed", path=request.url.path)
+            return error_response(grpc.StatusCode.INTERNAL, "internal error", reason="INTERNAL")
+
+    return endpoint
