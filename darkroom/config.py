@@ -193,6 +193,22 @@ class Settings(BaseSettings):
         """The arq queue (a Redis sorted set) of one model: workers serve one model each."""
         return Keys(self.key_prefix).queue(model)
 
+    # HTTP gateway (browsers and HTTP callers): where it listens (loopback by default; off
+    # loopback it needs TLS or DARKROOM_ALLOW_INSECURE, like the gRPC servers), the Jobs and
+    # Events services it calls ("": their own address settings), the key that signs its
+    # session cookies (required off loopback; "": a random one per process, so sessions end
+    # when it restarts), how long a session lasts, the origins allowed by CORS (none: off),
+    # whether cookies are marked Secure (None: when it serves TLS itself), and how often an
+    # idle event stream sends a keepalive comment (under common proxies' 30-60 s timeouts).
+    gateway_address: str = "127.0.0.1:8080"
+    gateway_jobs_target: str = ""
+    gateway_events_target: str = ""
+    gateway_session_secret: str = Field(default="", repr=False)
+    gateway_session_ttl: Seconds = timedelta(hours=12)
+    gateway_cors_origins: list[str] = Field(default_factory=list)
+    gateway_secure_cookies: bool | None = None
+    gateway_keepalive: Seconds = timedelta(seconds=15)
+
 
 def load_settings(program: str) -> Settings:
     """Settings from the environment; a bad one ends the process naming its variable."""
