@@ -1,0 +1,108 @@
+"""The page in Chromium: sign in, submit, watch the bar, survive restarts, see the image."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from playwright.async_api import Browser, Page, expect
+
+from darkroom.config import DEV_TOKEN
+from tests.browser.conftest import GatedPipeline, GatewayProcess, artifact
+
+STEPS = 8
+
+
+async def _signed_in_page(browser: Browser, gateway: GatewayProcess) -> Page:
+    page = await browser.new_page()
+    page.set_default_timeout(20_000)
+    await page.goto(gateway.url)
+    await page.get_by_label("Token").fill(DEV_TOKEN)
+    await page.get_by_label("Token").press("Enter")  # the keyboard alone signs in
+    await expect(page.get_by_label("Prompt")).to_be_visible()
+    return page
+
+
+async def _submit(page: Page, prompt: str) -> None:
+    await page.get_by_label("Prompt").fill(prompt)
+    for label, value in (("Width", "64"), ("Height", "64"), ("Steps", str(STEPS)), ("Seed", "7")):
+        await page.get_by_label(label, exact=True).fill(value)
+    await page.get_by_role("button", name="Generate").click()
+
+
+async def _bar(page: Page) -> int:
+    value: Any = await page.eval_on_selector("#job-progress", "bar => bar.value")
+    return int(value)
+
+
+async def _wait_bar(page: Page, at_least: int) -> None:
+    async with asyncio.timeout(20):
+        while await _bar(page) < at_least:
+            await asyncio.sleep(0.05)
+
+
+async def _finish_and_check(page: Page, name: str) -> None:
+    image = page.locator("#job-images img").first
+    await expect(image).to_be_visible()
+    await page.wait_for_function(
+        "() => { const i = document.querySelector('#job-images img');"
+        " return i && i.complete && i.naturalWidth > 0; }"
+    )
+    assert await image.evaluate("i => i.naturalWidth") == 64
+    await expect(page.locator("#job-state")).to_have_text("succeeded")
+    assert await _bar(page) == STEPS
+    events: list[dict[str, str]] = await page.evaluate("window.darkroomEvents")
+    ids = [e["id"] for e in events if e["id"] and e["kind"] != "snapshot"]
+    assert len(ids) == len(set(ids)), "an event arrived twice"
+    kinds = [e["kind"] for e in events]
+    # The end comes once: the terminal event, or a snapshot of the finished job when the
+    # watch resumed after it (an Events service answers a finished job from its row).
+    assert kinds.count("succeeded") <= 1
+    assert kinds[-1] in {"succeeded", "snapshot"}
+    assert "started" in [e["kind"] for e in events]
+    await page.screenshot(path=artifact(name), full_page=True)
+
+
+async def test_submit_watch_and_see_the_image_across_a_gateway_restart(
+    browser: Browser, gateway_process: tuple[GatewayProcess, GatedPipeline]
+) -> None:
+    gateway, pipeline = gateway_process
+    page = await _signed_in_page(browser, gateway)
+    await _submit(page, "a lighthouse at dusk")
+    await pipeline.wait_reached(3)
+    await _wait_bar(page, 3)
+    assert "Step 3 of 8" in await page.locator("#job-status").inner_text()
+    await gateway.kill()
+    await gateway.start()  # the same port: the page's EventSource reconnects to it
+    await asyncio.sleep(0.3)
+    pipeline.release(3)
+    await _finish_and_check(page, "gateway-restart.png")
+    recent = page.locator("#recent li")
+    await expect(recent.first).to_contain_text("a lighthouse at dusk")
+
+
+async def test_the_page_resumes_across_an_events_restart(
+    browser: Browser, gateway_process: tuple[GatewayProcess, GatedPipeline]
+) -> None:
+    gateway, pipeline = gateway_process
+    page = await _signed_in_page(browser, gateway)
+    await _submit(page, "a harbour in fog")
+    await pipeline.wait_reached(3)
+    await _wait_bar(page, 3)
+    await gateway.stack.restart_events()
+    pipeline.release(3)
+    await _finish_and_check(page, "events-restart.png")
+
+
+async def test_field_errors_show_beside_their_fields(
+    browser: Browser, gateway_process: tuple[GatewayProcess, GatedPipeline]
+) -> None:
+    gateway, _ = gateway_process
+    page = await _signed_in_page(browser, gateway)
+    await page.get_by_label("Prompt").fill("bad sizes")
+    await page.get_by_label("Width", exact=True).fill("65")
+    await page.get_by_label("Steps", exact=True).fill("100000")
+    await page.get_by_role("button", name="Generate").click()
+    await expect(page.locator("#error-width")).not_to_be_empty()
+    await expect(page.locator("#error-steps")).not_to_be_empty()
+    assert await page.get_by_label("Width", exact=True).get_attribute("aria-invalid") == "true"
