@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # Extra bench arguments, e.g. `make bench BENCH_ARGS=--quick`.
 BENCH_ARGS ?=
 
-.PHONY: help install generate lint test bench bench-gpu demo up down migrate jobs events generator reconciler tiny-model chaos image-smoke
+.PHONY: help install generate lint test bench bench-gpu demo up down migrate jobs events gateway generator reconciler tiny-model chaos image-smoke
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -57,10 +57,10 @@ bench: $(VENV)/.contract  ## Every figure beside its baseline: bench-results/rep
 bench-gpu: $(VENV)/.contract  ## SD 1.5-sized random pipeline on the GPU (never in CI).
 	$(PY) -m bench.gpu $(BENCH_ARGS)
 
-demo: $(VENV)/.contract  ## Prompt in, progress bar, PNG out: the whole stack, then stop it.
+demo: $(VENV)/.contract  ## Prompt in, progress bar, PNG out: the whole stack, then stop it (`make up` keeps the page).
 	$(PY) -m darkroom.services.stack demo
 
-up: $(VENV)/.contract  ## Start the stack in the background (Jobs :50051, Events :50052).
+up: $(VENV)/.contract  ## Start the stack in the background (Jobs :50051, Events :50052, page http://127.0.0.1:8080/).
 	$(PY) -m darkroom.services.stack up
 
 down:  ## Stop what `make up` started.
@@ -74,6 +74,9 @@ jobs: install  ## Run the Jobs service (settings from DARKROOM_* variables).
 
 events: install  ## Run the Events service.
 	$(PY) -m darkroom.services.events
+
+gateway: install  ## Run the HTTP gateway and its page (DARKROOM_GATEWAY_ADDRESS, default 127.0.0.1:8080).
+	$(PY) -m darkroom.services.gateway
 
 generator: install tiny-model  ## Run one Generator (DARKROOM_GENERATOR_MODEL_PATH: folder or HF id).
 	$(PY) -m darkroom.services.generator

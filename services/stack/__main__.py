@@ -1,9 +1,11 @@
 """`python -m darkroom.services.stack demo|up|down`: the whole stack on this machine.
 
 demo: start Postgres and Redis if none runs, migrate, build the tiny model, start Jobs
-(50051), Events (50052), a Generator and the reconciler, generate one image through the
-`darkroom` CLI with its progress bar, print where the PNG is, and stop all it started.
-up / down: start the same stack in the background, and stop it (state in .darkroom/).
+(50051), Events (50052), the HTTP gateway and its page (8080), a Generator and the
+reconciler, generate one image through the `darkroom` CLI with its progress bar, print
+where the PNG is, and stop all it started.
+up / down: start the same stack in the background, and stop it (state in .darkroom/); `up`
+prints the page's address.
 
 Two checkouts never share a stack silently: each uses its own database and Redis key
 prefix (named after the checkout's path), and `up` refuses ports that are taken.
@@ -14,11 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -32,6 +37,8 @@ HOME = Path(os.environ.get("DARKROOM_STACK_HOME", ".darkroom")).resolve()
 STATE = HOME / "stack.json"
 JOBS_PORT = int(os.environ.get("DARKROOM_STACK_JOBS_PORT", "50051"))
 EVENTS_PORT = int(os.environ.get("DARKROOM_STACK_EVENTS_PORT", "50052"))
+GATEWAY_PORT = int(os.environ.get("DARKROOM_STACK_GATEWAY_PORT", "8080"))
+PAGE = f"http://127.0.0.1:{GATEWAY_PORT}/"
 # Named after the checkout, so that two checkouts on one machine keep their jobs apart.
 CHECKOUT = hashlib.sha256(str(HOME).encode()).hexdigest()[:8]
 DATABASE = os.environ.get("DARKROOM_STACK_DATABASE") or f"darkroom_local_{CHECKOUT}"
@@ -41,11 +48,35 @@ PROCESSES = {
     "events": "darkroom.services.events",
     "generator": "darkroom.services.generator",
     "reconciler": "darkroom.services.reconciler",
+    "gateway": "darkroom.services.gateway",
 }
 
 
 def _say(message: str) -> None:
     print(f"darkroom: {message}", file=sys.stderr, flush=True)
+
+
+def _session_secret() -> str:
+    """This checkout's own key for the gateway's session cookies, made once: a page stays
+    signed in across `make down` / `make up`."""
+    path = HOME / "gateway-session-secret"
+    if not path.exists():
+        HOME.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def _wait_page(timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{PAGE}healthz", timeout=1):  # noqa: S310 - our own http URL
+                return
+        except (urllib.error.URLError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _environment(database_url: str, redis_url: str) -> dict[str, str]:
@@ -56,6 +87,10 @@ def _environment(database_url: str, redis_url: str) -> dict[str, str]:
         "DARKROOM_KEY_PREFIX": KEY_PREFIX,
         "DARKROOM_JOBS_ADDRESS": f"127.0.0.1:{JOBS_PORT}",
         "DARKROOM_EVENTS_ADDRESS": f"127.0.0.1:{EVENTS_PORT}",
+        "DARKROOM_GATEWAY_ADDRESS": f"127.0.0.1:{GATEWAY_PORT}",
+        "DARKROOM_GATEWAY_SESSION_SECRET": os.environ.get(
+            "DARKROOM_GATEWAY_SESSION_SECRET", _session_secret()
+        ),
         "DARKROOM_STORAGE_URL": os.environ.get("DARKROOM_STORAGE_URL", str(HOME / "storage")),
         "DARKROOM_GENERATOR_MODEL_PATH": os.environ.get(
             "DARKROOM_GENERATOR_MODEL_PATH", str(HOME / "models" / "tiny-sd")
@@ -93,12 +128,13 @@ def start() -> dict[str, object]:
     """Start everything that is not running yet; return what we started."""
     if STATE.exists():
         raise SystemExit(f"a stack is already up ({STATE}); run `make down` first")
-    for name, port in (("Jobs", JOBS_PORT), ("Events", EVENTS_PORT)):
+    for name, port in (("Jobs", JOBS_PORT), ("Events", EVENTS_PORT), ("the gateway", GATEWAY_PORT)):
         if _port_taken(port):
             raise SystemExit(
                 f"darkroom: port {port} (for {name}) is taken, perhaps by the stack of another "
                 "checkout: run `make down` there, or choose free ports with "
-                "DARKROOM_STACK_JOBS_PORT and DARKROOM_STACK_EVENTS_PORT"
+                "DARKROOM_STACK_JOBS_PORT, DARKROOM_STACK_EVENTS_PORT and "
+                "DARKROOM_STACK_GATEWAY_PORT"
             )
     HOME.mkdir(parents=True, exist_ok=True)
     admin_url, own_postgres = servers.postgres(HOME)
@@ -144,7 +180,9 @@ def start() -> dict[str, object]:
     STATE.write_text(json.dumps(state, indent=2))
     _wait_serving(JOBS_PORT)
     _wait_serving(EVENTS_PORT)
+    _wait_page()
     _say(f"Jobs on localhost:{JOBS_PORT}, Events on localhost:{EVENTS_PORT}, token {DEV_TOKEN}")
+    _say(f"the page: open {PAGE} and sign in with the token {DEV_TOKEN}")
     _say(f"database {DATABASE}, Redis key prefix {KEY_PREFIX} (this checkout's own)")
     return state
 
@@ -216,6 +254,7 @@ def demo() -> int:
         )
         if result.returncode == 0:
             _say(f"your image is at {output}")
+            _say(f"`make up` keeps the stack running: then open {PAGE} to do the same in a browser")
         return result.returncode
     finally:
         stop()

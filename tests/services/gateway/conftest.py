@@ -21,7 +21,7 @@ from tests.clients.conftest import (  # noqa: F401 - fixtures, used by name
     make_stack,
 )
 
-SESSION_SECRET = "gateway-test-secret"  # noqa: S105 - a test's own signing key
+SESSION_SECRET = "gateway-test-secret"
 KEEPALIVE = timedelta(milliseconds=200)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from tests.services.gateway.conftest import FrontFactory, GatedPipeline, spec
+from tests.clients.conftest import GatedPipeline
+from tests.services.gateway.conftest import FrontFactory, spec
 
 
 async def test_create_get_list_and_finish(make_front: FrontFactory) -> None:

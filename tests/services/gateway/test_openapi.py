@@ -20,11 +20,11 @@ async def test_the_served_document_is_valid_and_complete(make_front: FrontFactor
         (path, method.upper()) for path, item in document["paths"].items() for method in item
     }
     for route in api_routes():
+        assert isinstance(route, Route | WebSocketRoute)
         path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)  # {index:int} -> {index}
         if isinstance(route, WebSocketRoute):
             assert (path, "GET") in described, path
             continue
-        assert isinstance(route, Route)
         for method in route.methods or ():
             if method != "HEAD":
                 assert (path, method) in described, (path, method)
