@@ -28,6 +28,7 @@ TITLES = {
     "watchers": "4. Watchers",
     "overhead": "5. Generator overhead",
     "recovery": "6. Recovery",
+    "gateway": "7. Gateway",
 }
 
 

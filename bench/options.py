@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SECTIONS = ("submit", "pickup", "delivery", "watchers", "overhead", "recovery")
+SECTIONS = ("submit", "pickup", "delivery", "watchers", "overhead", "recovery", "gateway")
 
 
 @dataclass
