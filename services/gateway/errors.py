@@ -91,7 +91,8 @@ def retry_after(error: BaseException) -> int | None:
         if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             info = error_details_pb2.RetryInfo()
             detail.Unpack(info)
-            return max(0, math.ceil(info.retry_delay.ToTimedelta().total_seconds()))
+            seconds: float = info.retry_delay.ToTimedelta().total_seconds()
+            return max(0, math.ceil(seconds))
     return None
 
 

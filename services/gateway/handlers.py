@@ -49,7 +49,7 @@ def authenticated(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             return await handler(request, caller)
         except DarkroomError as exc:
             return from_darkroom_error(exc)
-        except Exception:  # noqa: BLE001 - the boundary: logged here, never sent
+        except Exception:
             log.exception("gateway_request_failed", path=request.url.path)
             return error_response(grpc.StatusCode.INTERNAL, "internal error", reason="INTERNAL")
 

@@ -15,6 +15,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 
+import anyio
 import grpc
 import structlog
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -58,6 +59,29 @@ def _sse(event: JobEvent, *, first: bool = False) -> ServerSentEvent:
     )
 
 
+async def until_shutdown(
+    events: AsyncIterator[JobEvent], shutdown: anyio.Event
+) -> AsyncIterator[JobEvent]:
+    """The events until `shutdown` is set: then the stream ends cleanly (a browser
+    reconnects, to another replica or to this one started again) instead of being cut
+    when the server's grace period runs out."""
+    stopping = asyncio.ensure_future(shutdown.wait())
+    try:
+        while True:
+            following = asyncio.ensure_future(anext(events))
+            await asyncio.wait({following, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not following.done():
+                following.cancel()
+                await asyncio.wait({following})
+                return
+            try:
+                yield following.result()
+            except StopAsyncIteration:
+                return
+    finally:
+        stopping.cancel()
+
+
 def _error_event(error: DarkroomError) -> ServerSentEvent:
     body = error_body(error.code, error.message, reason=error.reason, metadata=error.metadata)
     return ServerSentEvent(data=json.dumps(body), event="stream_error")
@@ -81,7 +105,7 @@ async def job_events(request: Request, caller: Caller) -> Response:
             if first is None:
                 return
             yield _sse(first, first=True)
-            async for event in events:
+            async for event in until_shutdown(events, gateway.shutdown):
                 yield _sse(event)
         except DarkroomError as exc:  # the watch could not be resumed
             yield _error_event(exc)
@@ -92,7 +116,6 @@ async def job_events(request: Request, caller: Caller) -> Response:
         stream(),
         ping=gateway.keepalive_s,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        shutdown_event=gateway.shutdown,
     )
 
 
@@ -107,15 +130,19 @@ async def _wait_disconnect(websocket: WebSocket) -> None:
 
 async def _send_events(websocket: WebSocket, job_id: str, after: str) -> None:
     gateway = gateway_of(websocket)
+    events = aiter(gateway.client.watch(job_id, after))
     try:
-        async for event in gateway.client.watch(job_id, after):
+        async for event in until_shutdown(events, gateway.shutdown):
             await websocket.send_text(_data(event))
     except DarkroomError as exc:
         body = error_body(exc.code, exc.message, reason=exc.reason, metadata=exc.metadata)
         await websocket.send_text(json.dumps(body))
         await websocket.close(WS_ERROR_BASE + HTTP_STATUS.get(exc.code, 500) % 1000)
         return
-    await websocket.close(1000)
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+    # 1012 (service restart) when the gateway stops before the job ends: come back.
+    await websocket.close(1012 if gateway.shutdown.is_set() else 1000)
 
 
 async def job_ws(websocket: WebSocket) -> None:
