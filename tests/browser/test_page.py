@@ -8,7 +8,8 @@ from typing import Any
 from playwright.async_api import Browser, Page, expect
 
 from darkroom.config import DEV_TOKEN
-from tests.browser.conftest import GatedPipeline, GatewayProcess, artifact
+from tests.browser.conftest import GatewayProcess, artifact
+from tests.clients.conftest import GatedPipeline
 
 STEPS = 8
 
@@ -106,3 +107,35 @@ async def test_field_errors_show_beside_their_fields(
     await expect(page.locator("#error-width")).not_to_be_empty()
     await expect(page.locator("#error-steps")).not_to_be_empty()
     assert await page.get_by_label("Width", exact=True).get_attribute("aria-invalid") == "true"
+
+
+async def test_queue_position_and_eta_render_when_events_carry_them(
+    browser: Browser, gateway_process: tuple[GatewayProcess, GatedPipeline]
+) -> None:
+    # The scheduling work adds Job.queue and a `position` event kind; the page renders them
+    # when they come (fed here as the gateway would pass them through) and ignores kinds
+    # it does not know.
+    gateway, _ = gateway_process
+    page = await _signed_in_page(browser, gateway)
+    await page.evaluate(
+        """() => {
+        const soon = new Date(Date.now() + 30000).toISOString();
+        render("position", {position: {queue: {jobs_ahead: 2, workers: 1,
+            estimated_start_time: soon, detail: "behind 2 jobs"}}});
+    }"""
+    )
+    text = await page.locator("#job-queue").inner_text()
+    assert "position 3" in text
+    assert "starts in about" in text
+    assert "behind 2 jobs" in text
+    await expect(page.locator("#job-state")).to_have_text("queued")
+    await page.evaluate(
+        """() => render("snapshot", {snapshot: {job: {id: "j", state: "JOB_STATE_QUEUED",
+        queue: {jobs_ahead: 0}}}})"""
+    )
+    await expect(page.locator("#job-queue")).to_have_text("(position 1)")
+    await page.evaluate(
+        """() => render("progress", {progress: {progress: {step: 2, total_steps: 4}}})"""
+    )
+    await expect(page.locator("#job-status")).to_have_text("Step 2 of 4")
+    await expect(page.locator("#job-queue")).to_have_text("")
