@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
+
+import websockets
 
 from darkroom.services.gateway.app import start as start_gateway
 from darkroom.services.gateway.session import COOKIE
@@ -94,3 +97,24 @@ async def test_cors_is_off_unless_configured(make_front: FrontFactory) -> None:
         answer = await http.options("/v1/jobs", headers=preflight)
         assert answer.headers["access-control-allow-origin"] == "https://app.example"
         assert answer.headers["access-control-allow-credentials"] == "true"
+
+
+async def test_a_page_of_another_site_cannot_watch_with_the_cookie(
+    make_front: FrontFactory,
+) -> None:
+    front = await make_front(generator=False)
+    async with front.http(None) as browser:
+        await browser.post("/v1/session", json={"token": "alice-token"})
+        cookie = f"{COOKIE}={browser.cookies[COOKIE]}"
+        async with front.http() as bearer:
+            job_id = (await bearer.post("/v1/jobs", json=spec())).json()["id"]
+    url = f"ws://127.0.0.1:{front.gateway.port}/v1/jobs/{job_id}/ws"
+    evil = {"Cookie": cookie, "Origin": "https://evil.example"}
+    async with websockets.connect(url, additional_headers=evil) as ws:
+        assert json.loads(await ws.recv())["error"]["code"] == "UNAUTHENTICATED"
+        await ws.wait_closed()
+        assert ws.close_code == 4401
+    own = {"Cookie": cookie, "Origin": front.url}
+    async with websockets.connect(url, additional_headers=own) as ws:
+        await ws.send(json.dumps({"after_event_id": ""}))
+        assert "snapshot" in json.loads(await ws.recv())
