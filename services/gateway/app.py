@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import secrets
 import socket
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -107,6 +108,13 @@ async def start(settings: Settings, address: str | None = None) -> GatewayApp:
         secret = secrets.token_urlsafe(32)
         log.warning("gateway_session_secret_random", note="sessions end when it restarts")
     tls = bool(settings.tls_cert_file)
+    if bool(settings.tls_cert_file) != bool(settings.tls_key_file) or (
+        settings.tls_client_ca_file and not tls
+    ):
+        raise ExposureError(
+            "set both DARKROOM_TLS_CERT_FILE and DARKROOM_TLS_KEY_FILE, or neither (and "
+            "DARKROOM_TLS_CLIENT_CA_FILE only with them)"
+        )
     secure = tls if settings.gateway_secure_cookies is None else settings.gateway_secure_cookies
     gateway = Gateway(
         client=upstream(settings),
@@ -132,6 +140,9 @@ async def start(settings: Settings, address: str | None = None) -> GatewayApp:
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace.total_seconds())),
         ssl_certfile=settings.tls_cert_file or None,
         ssl_keyfile=settings.tls_key_file or None,
+        # As for the gRPC servers: with a client CA, callers must present a certificate.
+        ssl_ca_certs=settings.tls_client_ca_file or None,
+        ssl_cert_reqs=ssl.CERT_REQUIRED if settings.tls_client_ca_file else ssl.CERT_NONE,
     )
     server = _Server(config)
     serving = asyncio.create_task(server.serve(sockets=[sock]), name="darkroom-gateway")
