@@ -69,11 +69,18 @@ FrontFactory = Callable[..., Awaitable[Front]]
 
 @pytest.fixture
 async def make_front(make_stack: StackFactory) -> AsyncIterator[FrontFactory]:  # noqa: F811
-    """`make_front(pipeline, **settings)`: a stack and its gateway (stopped afterwards)."""
+    """`make_front(pipeline, stack_settings={...}, **gateway_settings)`: a stack and its
+    gateway (stopped afterwards); the gateway's settings are the stack's, changed."""
     fronts: list[Front] = []
 
-    async def make(pipeline: Any = None, *, generator: bool = True, **changes: Any) -> Front:
-        stack = await make_stack(pipeline, generator=generator)
+    async def make(
+        pipeline: Any = None,
+        *,
+        generator: bool = True,
+        stack_settings: dict[str, Any] | None = None,
+        **changes: Any,
+    ) -> Front:
+        stack = await make_stack(pipeline, generator=generator, **(stack_settings or {}))
         settings = gateway_settings(stack, **changes)
         front = Front(stack, await start_gateway(settings, "127.0.0.1:0"), settings)
         fronts.append(front)
