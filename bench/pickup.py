@@ -46,7 +46,7 @@ async def _samples(settings: Settings, count: int) -> list[float]:
             # Enqueue at a random moment of the worker's polling cycle.
             await asyncio.sleep(random.uniform(0, poll) + 0.002)  # noqa: S311 - not cryptography
             sent_ns = time.time_ns()
-            await jobs_queue.enqueue(row.id, row.attempt, row.model)
+            await jobs_queue.enqueue(row.id, row.attempt, row.model, owner=row.owner)
             started_ns = await _wait_events(EventLog(reader, settings.key_prefix), row.id)
             if index:
                 latencies.append((started_ns - sent_ns) / 1e9)

@@ -112,7 +112,9 @@ async def run(ctx: Context) -> Section:
         )
         row, _ = await store.create(DEV_OWNER, job, settings.max_attempts)
         await EventLog(writer, settings.key_prefix).append(events.queued(row.id, row.attempt))
-        await queue.JobQueue(writer, settings).enqueue(row.id, row.attempt, row.model)
+        await queue.JobQueue(writer, settings).enqueue(
+            row.id, row.attempt, row.model, owner=row.owner
+        )
         ctx.say(f"recovery: waiting for generator-1 (pid {first.pid}) to run the job")
         if await _until(store, row.id, 1, START_TIMEOUT_S, [first]) is None:
             raise TimeoutError("generator-1 did not start the job")

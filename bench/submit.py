@@ -67,7 +67,7 @@ class Submitters:
         row, created = await self.store.create(DEV_OWNER, job, self.settings.max_attempts)
         if not created:
             raise RuntimeError("a fresh request_id was replayed")
-        await self.queue.enqueue(row.id, row.attempt, row.model)
+        await self.queue.enqueue(row.id, row.attempt, row.model, owner=row.owner)
 
     async def close(self) -> None:
         for channel in self.channels:

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from datetime import timedelta
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from darkroom.keys import Keys
@@ -30,6 +40,32 @@ def _seconds(value: Any) -> Any:
 
 
 Seconds = Annotated[timedelta, BeforeValidator(_seconds)]
+
+
+class OwnerPolicy(BaseModel):
+    """How the scheduler and admission treat one owner (0 means no limit): its weight in
+    the fair share of each model's queue, and its quotas."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Turns in each model's queue, relative to other owners: weight 2 starts twice as
+    # many jobs as weight 1 while both have work waiting.
+    weight: float = Field(default=1.0, gt=0, le=1_000)
+    # Most jobs waiting to start, over every model; one more submit is refused.
+    max_queued: int = Field(default=10_000, ge=0)
+    # Most jobs running at once, over every model: the rest wait their turn (not refused).
+    max_running: int = Field(default=0, ge=0)
+    # Submits per second, sustained (a token bucket), and the burst above it (0: one
+    # second's worth, at least 1).
+    submit_rate: float = Field(default=0.0, ge=0)
+    submit_burst: int = Field(default=0, ge=0)
+    # Most WatchJob streams open at once, over every Events server.
+    max_watches: int = Field(default=1_000, ge=0)
+
+    @property
+    def burst(self) -> int:
+        """The token bucket's size."""
+        return self.submit_burst or max(1, math.ceil(self.submit_rate))
 
 
 class Settings(BaseSettings):
@@ -127,6 +163,15 @@ class Settings(BaseSettings):
     watch_row_poll: Seconds = timedelta(seconds=1)
     watch_idle_check: Seconds = timedelta(seconds=30)
 
+    # Scheduling and admission (see `darkroom.scheduling` and `darkroom.admission`): the
+    # policy of every owner, then per-owner changes to it ('{"alice": {"weight": 2}}'),
+    # a cap on each model's queue over all owners, and whether a submit for a model no
+    # live worker serves is refused (off: with autoscaling to zero, work comes first).
+    owner_policy: OwnerPolicy = Field(default_factory=OwnerPolicy)
+    owner_policies: dict[str, OwnerPolicy] = Field(default_factory=dict)
+    model_max_queued: int = Field(default=500_000, ge=0)
+    refuse_unserved_models: bool = False
+
     log_level: str = "INFO"
     # None: JSON when stderr is not a terminal.
     log_json: bool | None = None
@@ -143,6 +188,18 @@ class Settings(BaseSettings):
                     "(printf %s TOKEN | sha256sum)"
                 )
         return tokens
+
+    @field_validator("owner_policies", mode="before")
+    @classmethod
+    def _over_the_default(cls, policies: Any, info: ValidationInfo) -> Any:
+        """Each owner's entry changes only the limits it names; the rest are the default's."""
+        default = info.data.get("owner_policy")
+        if not isinstance(policies, dict) or not isinstance(default, OwnerPolicy):
+            return policies
+        return {
+            owner: {**default.model_dump(), **change} if isinstance(change, dict) else change
+            for owner, change in policies.items()
+        }
 
     @field_validator("database_timeout", "enqueue_timeout")
     @classmethod
@@ -188,6 +245,10 @@ class Settings(BaseSettings):
     def keys(self) -> Keys:
         """Every Redis key of this deployment."""
         return Keys(self.key_prefix)
+
+    def policy_for(self, owner: str) -> OwnerPolicy:
+        """The scheduling weight and quotas of `owner`."""
+        return self.owner_policies.get(owner, self.owner_policy)
 
     def queue_for(self, model: str) -> str:
         """The arq queue (a Redis sorted set) of one model: workers serve one model each."""

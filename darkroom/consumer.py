@@ -9,9 +9,11 @@ through its private `_poll_iteration`:
   moment the message is done, so a busy worker never polls beside its pipeline;
 - an idle one blocks on the queue's wake-up list (`Keys.wake`), which every enqueue
   pushes to, instead of polling; a delayed message wakes it when due;
-- taking is one atomic script that reads the due time from the Redis clock (never this
-  machine's), skips messages another worker holds, and removes ids that have no message
-  behind them, so junk in the set cannot stall the queue;
+- taking is one atomic script that follows the queue's fair order (owners in turn, then
+  priority, then age: `darkroom.scheduling`), reads the due time from the Redis clock
+  (never this machine's), skips messages another worker holds and owners at their
+  running limit, and removes ids that have no message behind them, so junk in the set
+  cannot stall the queue;
 - every error of the loop is logged and survived with backoff: only `stop` ends it;
 - a message that cannot be read, or that keeps failing (or killing its worker) without
   finishing, is poison: it goes to the queue's dead letters (`Keys.dead_letter`) with the
@@ -37,47 +39,121 @@ import structlog
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.jobs import deserialize_job
 
+from darkroom import scheduling
 from darkroom.keys import Keys
-from darkroom.queue import RUN_JOB, MalformedMessageError, QueueMessage, QueueRedis, deserialize
+from darkroom.queue import (
+    RUN_JOB,
+    MalformedMessageError,
+    QueueMessage,
+    QueueRedis,
+    deserialize,
+    forget,
+    release,
+)
 
 log = structlog.get_logger("darkroom.generator")
 
-# Takes the first due message that no one holds, atomically, by the Redis clock, and
-# counts the take; else answers how many ids it removed for having no message behind them
-# (look again at once). A message taken more than `most` times without finishing (its
-# handling kills the worker, or keeps failing) is poison: it is moved to the dead letters
-# with the reason, never taken again, and answered so the job can be told.
-# KEYS: the queue, its delivery counts, its dead letters.
-# ARGV: in-progress key prefix, message key prefix, hold (ms), batch, most deliveries.
+# Takes the next message by the queue's fair order (`darkroom.scheduling`), atomically and
+# by the Redis clock, and counts the take; else answers how many ids it removed for having
+# no message behind them (look again at once). Owners are looked at in turn order (lowest
+# virtual time first); an owner at its running limit is passed over; in its line, the
+# first message that is due and that no one holds is taken, and the owner's turn moves on
+# by 1 / its weight from the queue's clock. Messages outside every line (enqueued before
+# fair share) are taken after, oldest due first, as plain arq would. A message taken more
+# than `most` times without finishing (its handling kills the worker, or keeps failing)
+# is poison: it is moved to the dead letters with the reason, never taken again, and
+# answered so the job can be told.
+# KEYS: the queue, its delivery counts, its dead letters, its turns, its clock, its
+# message owners, the policies.
+# ARGV: in-progress key prefix, message key prefix, hold (ms), batch, most deliveries,
+# owner-line prefix, running prefix, owners per take, line per take, band (ms).
 # Answers {"taken", id, message, count}, or {"none", removed} plus the id and message of
 # the one it has just set aside, if any (then the caller looks again).
 # (Keys are built in the script: fine on one Redis, not on a Redis Cluster.)
 TAKE_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
+local hold = tonumber(ARGV[3])
 local reply = {'none', 0}
+
+local function forget(id, owner)
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('DEL', ARGV[2] .. id)
+  redis.call('HDEL', KEYS[2], id)
+  if owner then
+    redis.call('ZREM', ARGV[6] .. owner, id)
+    redis.call('HDEL', KEYS[6], id)
+  end
+end
+
+-- Count a take of a message that has one; nil if it has turned poison (set aside).
+local function take(id, message, owner)
+  local count = redis.call('HINCRBY', KEYS[2], id, 1)
+  if count <= tonumber(ARGV[5]) then
+    redis.call('PSETEX', ARGV[1] .. id, hold, '1')
+    if owner then redis.call('ZADD', ARGV[7] .. owner, now + hold, id) end
+    return {'taken', id, message, count}
+  end
+  local reason = 'taken ' .. (count - 1) .. ' times without finishing'
+  local letter = cjson.encode({reason = reason, time_ms = now, message = message})
+  redis.call('HSET', KEYS[3], id, letter)
+  forget(id, owner)
+  reply[#reply + 1] = id
+  reply[#reply + 1] = message
+  return nil
+end
+
+local clock = tonumber(redis.call('GET', KEYS[5]) or '0')
+local turns = redis.call('ZRANGE', KEYS[4], 0, tonumber(ARGV[8]) - 1, 'WITHSCORES')
+for i = 1, #turns, 2 do
+  local owner, vtime = turns[i], tonumber(turns[i + 1])
+  local line = ARGV[6] .. owner
+  local entries = redis.call('ZRANGE', line, 0, tonumber(ARGV[9]) - 1, 'WITHSCORES')
+  if #entries == 0 then
+    redis.call('ZREM', KEYS[4], owner)  -- no work left: it re-enters at the clock
+  else
+    local policy = redis.call('HGET', KEYS[7], owner) or '1 0'
+    local weight, most_running = string.match(policy, '(%S+) (%S+)')
+    weight, most_running = tonumber(weight) or 1, tonumber(most_running) or 0
+    local running = ARGV[7] .. owner
+    local blocked = false
+    if most_running > 0 then
+      redis.call('ZREMRANGEBYSCORE', running, '-inf', now)
+      blocked = redis.call('ZCARD', running) >= most_running
+    end
+    if not blocked then
+      for j = 1, #entries, 2 do
+        local id, order = entries[j], tonumber(entries[j + 1])
+        if order % tonumber(ARGV[10]) <= now and redis.call('EXISTS', ARGV[1] .. id) == 0 then
+          local message = redis.call('GET', ARGV[2] .. id)
+          if not message then
+            forget(id, owner)
+            reply[2] = reply[2] + 1
+          else
+            local taken = take(id, message, owner)
+            if not taken then return reply end
+            local start = math.max(vtime, clock)
+            redis.call('ZADD', KEYS[4], start + 1 / weight, owner)
+            if start > clock then redis.call('SET', KEYS[5], tostring(start)) end
+            return taken
+          end
+        end
+      end
+    end
+  end
+end
+
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
 for _, id in ipairs(ids) do
-  if redis.call('EXISTS', ARGV[1] .. id) == 0 then
+  if redis.call('HEXISTS', KEYS[6], id) == 0 and redis.call('EXISTS', ARGV[1] .. id) == 0 then
     local message = redis.call('GET', ARGV[2] .. id)
     if not message then
-      redis.call('ZREM', KEYS[1], id)
+      forget(id, nil)
       reply[2] = reply[2] + 1
     else
-      local count = redis.call('HINCRBY', KEYS[2], id, 1)
-      if count <= tonumber(ARGV[5]) then
-        redis.call('PSETEX', ARGV[1] .. id, ARGV[3], '1')
-        return {'taken', id, message, count}
-      end
-      local reason = 'taken ' .. (count - 1) .. ' times without finishing'
-      local letter = cjson.encode({reason = reason, time_ms = now, message = message})
-      redis.call('HSET', KEYS[3], id, letter)
-      redis.call('ZREM', KEYS[1], id)
-      redis.call('DEL', ARGV[2] .. id)
-      redis.call('HDEL', KEYS[2], id)
-      reply[#reply + 1] = id
-      reply[#reply + 1] = message
-      return reply
+      local taken = take(id, message, nil)
+      if not taken then return reply end
+      return taken
     end
   end
 end
@@ -135,9 +211,12 @@ class Consumer:
         poll_delay: timedelta,
         wakeups: bool = True,
         reject: Rejecter | None = None,
+        keys: Keys,
     ) -> None:
         self._redis = redis
+        self._keys = keys
         self._queue = queue
+        self._take_lua = redis.register_script(TAKE_SCRIPT)
         self._handle = handle
         self._reject = reject
         self._hold_ms = int(hold.total_seconds() * 1000)
@@ -201,19 +280,31 @@ class Consumer:
                 log.warning("queue_junk_removed", count=removed)
 
     async def _take_script(self) -> list[Any]:
+        queue = self._queue
         return await cast(
             Awaitable[list[Any]],
-            self._redis.eval(
-                TAKE_SCRIPT,
-                3,
-                self._queue,
-                Keys.deliveries(self._queue),
-                Keys.dead_letter(self._queue),
-                in_progress_key_prefix,
-                job_key_prefix,
-                str(self._hold_ms),
-                str(BATCH),
-                str(MOST_DELIVERIES),
+            self._take_lua(
+                keys=[
+                    queue,
+                    Keys.deliveries(queue),
+                    Keys.dead_letter(queue),
+                    Keys.turns(queue),
+                    Keys.clock(queue),
+                    Keys.message_owners(queue),
+                    self._keys.policies,
+                ],
+                args=[
+                    in_progress_key_prefix,
+                    job_key_prefix,
+                    str(self._hold_ms),
+                    str(BATCH),
+                    str(MOST_DELIVERIES),
+                    Keys.owner_lines(queue),
+                    self._keys.running_prefix,
+                    str(scheduling.OWNERS_PER_TAKE),
+                    str(scheduling.LINE_PER_TAKE),
+                    str(scheduling.BAND_MS),
+                ],
             ),
         )
 
@@ -242,11 +333,7 @@ class Consumer:
 
     async def _release(self, message_id: str, *, counted: bool) -> None:
         """Hand a message back to the queue at once (for this or another worker)."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(in_progress_key_prefix + message_id)
-            if not counted:
-                pipe.hincrby(Keys.deliveries(self._queue), message_id, -1)
-            await pipe.execute()
+        await release(self._redis, self._keys, self._queue, message_id, uncount=not counted)
 
     async def _set_aside(self, taken: Taken, reason: str) -> None:
         """Move a poison message to the dead letters, then tell its job."""
@@ -268,15 +355,13 @@ class Consumer:
 
     async def _finish(self, message_id: str) -> None:
         """Forget a message that ran (its outcome is in the job row, never in Redis)."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(
-                in_progress_key_prefix + message_id,
-                retry_key_prefix + message_id,
-                job_key_prefix + message_id,
-            )
-            pipe.zrem(self._queue, message_id)
-            pipe.hdel(Keys.deliveries(self._queue), message_id)
-            await pipe.execute()
+        await forget(
+            self._redis,
+            self._keys,
+            self._queue,
+            message_id,
+            [in_progress_key_prefix, retry_key_prefix, job_key_prefix],
+        )
 
     async def _idle(self) -> None:
         """Wait for work: a wake-up, the next delayed message's due time, or the poll

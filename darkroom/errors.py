@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 import grpc
 import psycopg
 import redis.exceptions
 import sqlalchemy.exc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 DOMAIN = "darkroom"
@@ -72,6 +74,30 @@ class FailedPreconditionError(DarkroomError):
     reason = "JOB_STATE"
 
 
+class ModelNotServedError(FailedPreconditionError):
+    """No live worker serves the model, and submits for such models are refused."""
+
+    reason = "MODEL_NOT_SERVED"
+
+
+class QuotaExceededError(DarkroomError):
+    """The caller is over one of its limits (or a model's queue is full): `limit` names
+    it, `subject` whose limit it is (`owner:<name>`, `model:<name>`), `retry_after` when
+    trying again makes sense."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "QUOTA_EXCEEDED"
+
+    def __init__(
+        self, message: str, *, limit: str, subject: str, description: str, retry_after: timedelta
+    ) -> None:
+        super().__init__(message, metadata={"limit": limit})
+        self.limit = limit
+        self.subject = subject
+        self.description = description
+        self.retry_after = retry_after
+
+
 class UnauthenticatedError(DarkroomError):
     """The caller gave no valid credentials."""
 
@@ -120,7 +146,7 @@ def translate(exc: BaseException) -> DarkroomError | None:
     return None
 
 
-def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -> any_pb2.Any:
+def _pack(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed
@@ -140,6 +166,14 @@ def to_status(error: DarkroomError) -> status_pb2.Status:
             ]
         )
         details.append(_pack(bad_request))
+    if isinstance(error, QuotaExceededError):
+        violation = error_details_pb2.QuotaFailure.Violation(
+            subject=error.subject, description=error.description
+        )
+        details.append(_pack(error_details_pb2.QuotaFailure(violations=[violation])))
+        delay = duration_pb2.Duration()
+        delay.FromTimedelta(error.retry_after)
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     return status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
 
 
@@ -158,7 +192,9 @@ __all__ = [
     "FieldViolation",
     "InternalError",
     "InvalidArgumentError",
+    "ModelNotServedError",
     "NotFoundError",
+    "QuotaExceededError",
     "UnauthenticatedError",
     "UnavailableError",
     "grpc_code",

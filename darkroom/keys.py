@@ -62,6 +62,83 @@ class Keys:
         the time and the message), never retried; an operator reads them."""
         return f"{queue}:dead"
 
+    # -- fair share (see `darkroom.scheduling`): beside each queue, its owners' turns --
+
+    @staticmethod
+    def turns(queue: str) -> str:
+        """The owners with work in a queue, by virtual time (a sorted set): the owner with
+        the lowest goes next, and each start moves it on by 1 / its weight."""
+        return f"{queue}:turns"
+
+    @staticmethod
+    def clock(queue: str) -> str:
+        """A queue's virtual clock: the virtual time of the last owner served. An owner
+        that comes (back) with work starts from it, so waiting banks no turns."""
+        return f"{queue}:clock"
+
+    @staticmethod
+    def owner_line(queue: str, owner: str) -> str:
+        """One owner's messages in a queue, in the order they start (a sorted set:
+        priority, then age)."""
+        return f"{Keys.owner_lines(queue)}{owner}"
+
+    @staticmethod
+    def owner_lines(queue: str) -> str:
+        """The prefix of a queue's owner lines (the take script builds their names)."""
+        return f"{queue}:owner:"
+
+    @staticmethod
+    def message_owners(queue: str) -> str:
+        """Whose each message of a queue is (a hash: message id -> owner)."""
+        return f"{queue}:owners"
+
+    @property
+    def policies(self) -> str:
+        """Each owner's weight and running limit, as the take script reads them (a hash:
+        owner -> "weight max_running"), written by every enqueue."""
+        return f"{self.prefix}:policies"
+
+    def running(self, owner: str) -> str:
+        """The messages an owner's workers hold, over every model (a sorted set: message
+        id -> when the hold ends, ms), counted against its running limit."""
+        return f"{self.running_prefix}{owner}"
+
+    @property
+    def running_prefix(self) -> str:
+        return f"{self.prefix}:running:"
+
+    @property
+    def queues_intact(self) -> str:
+        """Written by the reconciler once it has enqueued every queued row: when it is
+        missing, Redis lost the queues and the reconciler rebuilds them whole."""
+        return f"{self.prefix}:queues-intact"
+
+    # -- admission (see `darkroom.admission`) --
+
+    def submit_bucket(self, owner: str) -> str:
+        """An owner's submit token bucket (a hash: tokens, last refill ms)."""
+        return f"{self.prefix}:bucket:{owner}"
+
+    def watches(self, owner: str) -> str:
+        """An owner's open WatchJob streams (a hash: Events process token -> count); a
+        process's count stops counting when its `alive` key vanishes."""
+        return f"{self.prefix}:watches:{owner}"
+
+    # -- capacity (see `darkroom.capacity`) --
+
+    def workers(self, model: str) -> str:
+        """The workers serving a model (a sorted set: worker id -> when its registration
+        expires, ms)."""
+        return f"{self.prefix}:workers:{model}"
+
+    def worker(self, worker_id: str) -> str:
+        """One worker's registration (JSON), expiring unless renewed."""
+        return f"{self.prefix}:worker:{worker_id}"
+
+    def run_times(self, model: str) -> str:
+        """The run times of a model's recent successful attempts (a list of ms, newest first)."""
+        return f"{self.prefix}:run-times:{model}"
+
     def message_id(self, job_id: uuid.UUID | str, attempt: int) -> str:
         """The queue message id of one attempt: one per attempt, so a finished attempt
         never blocks the next one in arq."""

@@ -21,6 +21,7 @@ import grpc
 import structlog
 
 from darkroom import events
+from darkroom.capacity import Capacity
 from darkroom.convert import job_to_proto
 from darkroom.events import EventLog, JobEvent
 from darkroom.models import LEGAL_MOVES, JobRecord, State
@@ -54,11 +55,14 @@ class Lifecycle:
         event_log: EventLog,
         queue: JobQueue,
         url_for: Callable[[str], str] | None = None,
+        *,
         hooks: Hooks | None = None,
+        capacity: Capacity | None = None,
     ) -> None:
         self.store = store
         self._events = event_log
         self.queue = queue
+        self._capacity = capacity
         self._url_for = url_for
         self._hooks = hooks or Hooks()
 
@@ -121,7 +125,18 @@ class Lifecycle:
         append; None when this attempt no longer holds the job (nothing is published)."""
         row = await self.store.succeed(job_id, attempt, outputs, model_id, model_version)
         await self._ended("succeed", row, *progress)
+        if row is not None:
+            await self._record_run(row)
         return row
+
+    async def _record_run(self, row: JobRecord) -> None:
+        """After a success: its run time, for the model's ETAs (best effort)."""
+        if self._capacity is None or row.started_at is None or row.completed_at is None:
+            return
+        try:
+            await self._capacity.record_run(row.model, row.completed_at - row.started_at)
+        except Exception as exc:  # noqa: BLE001 - an estimate's input, never the truth
+            log.warning("run_time_not_recorded", error=repr(exc))
 
     async def fail(
         self,
@@ -176,7 +191,9 @@ class Lifecycle:
         # When it may run again, by the database clock (never this process's).
         await self.publish(events.retrying(job_id, attempt, code, message, row.run_after))
         try:
-            await self.queue.enqueue(job_id, row.attempt, row.model, delay=delay)
+            await self.queue.enqueue(
+                job_id, row.attempt, row.model, owner=row.owner, priority=row.priority, delay=delay
+            )
         except Exception as exc:  # noqa: BLE001 - the reconciler enqueues QUEUED rows
             log.warning("enqueue_deferred", job_id=str(job_id), error=repr(exc))
         return row

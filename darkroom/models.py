@@ -107,6 +107,8 @@ class JobRow(Base):
     seed: Mapped[int] = mapped_column(BigInteger)
     num_images: Mapped[int] = mapped_column(Integer)
     model: Mapped[str] = mapped_column(String(256))
+    # Orders an owner's own queued jobs of a model (see `darkroom.scheduling`).
+    priority: Mapped[int] = mapped_column(Integer, server_default="0")
 
     state: Mapped[State] = mapped_column(StateType())
     attempt: Mapped[int] = mapped_column(Integer, server_default="0")
@@ -138,6 +140,7 @@ class JobRow(Base):
         ),
         CheckConstraint("attempt >= 0 AND attempt <= max_attempts", name="attempt"),
         CheckConstraint("state <> 'RUNNING' OR lease_expires_at IS NOT NULL", name="lease"),
+        CheckConstraint("priority BETWEEN -10 AND 10", name="priority"),
         # List by owner, newest first (ids are UUIDv7, so id order is creation order).
         Index("ix_jobs_owner_id", "owner", text("id DESC")),
         Index("ix_jobs_owner_state_id", "owner", "state", text("id DESC")),

@@ -37,6 +37,8 @@ class HasSpec(Protocol):
     def num_images(self) -> int: ...
     @property
     def model(self) -> str: ...
+    @property
+    def priority(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class Spec:
     seed: int
     num_images: int
     model: str
+    priority: int
 
     @classmethod
     def of(cls, row: HasSpec) -> Spec:

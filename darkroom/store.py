@@ -59,16 +59,41 @@ class JobStore(Transitions):
         state: State | None,
         before: uuid.UUID | None,
         limit: int,
+        priority: int | None = None,
     ) -> list[JobRow]:
         """`owner`'s jobs newest first, strictly older than `before` when given."""
         query = select(JobRow).where(JobRow.owner == owner)
         if state is not None:
             query = query.where(JobRow.state == state)
+        if priority is not None:
+            query = query.where(JobRow.priority == priority)
         if before is not None:
             query = query.where(JobRow.id < before)
         query = query.order_by(JobRow.id.desc()).limit(limit)
         async with self._sessions() as session:
             return list(await session.scalars(query))
+
+    async def submitted(self, owner: str, request_id: uuid.UUID) -> bool:
+        """Whether `owner` already submitted `request_id` (a retry is a replay)."""
+        async with self._sessions() as session:
+            found = await session.scalar(
+                select(JobRow.id).where(JobRow.owner == owner, JobRow.request_id == request_id)
+            )
+        return found is not None
+
+    async def active_counts(self) -> dict[str, tuple[int, int]]:
+        """Per model, how many jobs are QUEUED and RUNNING (the active-jobs index)."""
+        query = (
+            select(JobRow.model, JobRow.state, func.count())
+            .where(JobRow.state.in_((State.QUEUED, State.RUNNING)))
+            .group_by(JobRow.model, JobRow.state)
+        )
+        counts: dict[str, tuple[int, int]] = {}
+        async with self._sessions() as session:
+            for model, state, count in await session.execute(query):
+                queued, running = counts.get(model, (0, 0))
+                counts[model] = (count, running) if state == State.QUEUED else (queued, count)
+        return counts
 
     async def cancel(self, owner: str, job_id: uuid.UUID) -> tuple[JobRecord | None, bool]:
         """Cancel a QUEUED job at once, or ask a RUNNING one to stop.

@@ -27,6 +27,7 @@ STEPS_MIN, STEPS_MAX = 1, 150
 GUIDANCE_MIN, GUIDANCE_MAX = 0.0, 30.0
 IMAGES_MIN, IMAGES_MAX = 1, 4
 SEED_MAX = 2**32 - 1
+PRIORITY_MIN, PRIORITY_MAX = -10, 10
 QUEUE_TIMEOUT_MIN, QUEUE_TIMEOUT_MAX = timedelta(seconds=1), timedelta(hours=24)
 # What google.protobuf.Duration allows: about 10,000 years, nanos of the seconds' sign.
 DURATION_SECONDS_MAX, DURATION_NANOS_MAX = 315_576_000_000, 999_999_999
@@ -101,6 +102,13 @@ def _size(field: str, value: int) -> list[FieldViolation]:
             )
         ]
     return []
+
+
+def priority_violations(field: str, value: int) -> list[FieldViolation]:
+    """A priority out of its range, said."""
+    if PRIORITY_MIN <= value <= PRIORITY_MAX:
+        return []
+    return [FieldViolation(field, f"must be from {PRIORITY_MIN} to {PRIORITY_MAX} (got {value})")]
 
 
 def parse_uuid(field: str, value: str) -> tuple[uuid.UUID | None, list[FieldViolation]]:
@@ -209,6 +217,7 @@ def validate_submit(request: jobs_service_pb2.SubmitJobRequest, settings: Settin
         violations.append(
             FieldViolation("spec.seed", f"must be from 0 to {SEED_MAX:,} (got {spec.seed})")
         )
+    violations += priority_violations("spec.priority", spec.priority)
     model = spec.model or settings.model_default
     if model not in settings.models:
         allowed = ", ".join(settings.models)

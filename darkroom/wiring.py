@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from darkroom import db, queue
+from darkroom.capacity import Capacity
 from darkroom.config import Settings
 from darkroom.events import EventLog
 from darkroom.lifecycle import Hooks, Lifecycle
@@ -75,7 +76,14 @@ class Resources:
         )
         event_log = EventLog(redis, settings.key_prefix)
         job_queue = queue.JobQueue(redis, settings)
-        lifecycle = Lifecycle(store, event_log, job_queue, storage.url_for, hooks=hooks)
+        lifecycle = Lifecycle(
+            store,
+            event_log,
+            job_queue,
+            storage.url_for,
+            hooks=hooks,
+            capacity=Capacity(redis, settings.keys),
+        )
         return cls(settings, engine, redis, storage, store, event_log, job_queue, lifecycle)
 
     async def close(self) -> None:

@@ -37,6 +37,7 @@ def job_request(prompt: str = "a test job", **overrides: Any) -> JobRequest:
         "seed": 1,
         "num_images": 1,
         "model": "tiny-sd",
+        "priority": 0,
         "queue_timeout": timedelta(hours=1),
     }
     values.update(overrides)

@@ -12,8 +12,10 @@ import redis.asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from darkroom import db
+from darkroom.admission import WatchAdmission
 from darkroom.auth import Authenticator
 from darkroom.config import Settings
+from darkroom.positions import QueueView
 from darkroom.server import RunningServer, create_server, prepare_listener
 from darkroom.services.events.notifier import Notifier
 from darkroom.services.events.servicer import EventsServicer
@@ -52,6 +54,7 @@ class EventsApp:
     engine: AsyncEngine
     readers: redis.asyncio.Redis
     listener: redis.asyncio.Redis
+    admission: WatchAdmission
 
     @property
     def port(self) -> int:
@@ -66,6 +69,7 @@ class EventsApp:
         await self.running.health.enter_graceful_shutdown()
         await self.notifier.close()
         await self.running.stop(grace)
+        await self.admission.close()
         for client in (self.readers, self.listener):
             await client.aclose()
             await client.connection_pool.disconnect()
@@ -99,12 +103,15 @@ async def start(settings: Settings, address: str | None = None) -> EventsApp:
             database_timeout=settings.database_timeout,
         ),
         url_for=storage_for(settings).url_for,
+        positions=QueueView(readers, settings),
     )
-    servicer = EventsServicer(watch, Authenticator(settings.auth_tokens))
+    admission = WatchAdmission(readers, settings)
+    await admission.start()
+    servicer = EventsServicer(watch, Authenticator(settings.auth_tokens), admission)
 
     def register(server: grpc.aio.Server) -> Sequence[str]:
         events_service_pb2_grpc.add_EventsServiceServicer_to_server(servicer, server)
         return [SERVICE_NAME]
 
     running = await create_server(listen, register)
-    return EventsApp(running, notifier, engine, readers, listener)
+    return EventsApp(running, notifier, engine, readers, listener, admission)

@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 import structlog
 
+from darkroom.admission import WatchAdmission
 from darkroom.auth import Authenticator
 from darkroom.errors import InvalidArgumentError
 from darkroom.rpc import server_stream
@@ -20,9 +21,12 @@ from darkroom.validation import parse_uuid
 class EventsServicer(events_service_pb2_grpc.EventsServiceServicer):
     """Handlers of the EventsService RPCs, scoped to the authenticated owner."""
 
-    def __init__(self, watch: Watch, authenticator: Authenticator) -> None:
+    def __init__(
+        self, watch: Watch, authenticator: Authenticator, admission: WatchAdmission | None = None
+    ) -> None:
         self.watch = watch
         self.authenticator = authenticator
+        self.admission = admission
 
     # The decorator turns this generator into a handler that writes each response itself
     # (see `server_stream`), which gRPC accepts for a server stream but its stubs do not say.
@@ -42,7 +46,12 @@ class EventsServicer(events_service_pb2_grpc.EventsServiceServicer):
         if job_id is None or violations:
             raise InvalidArgumentError("the watch request is invalid", violations)
         structlog.contextvars.bind_contextvars(job_id=str(job_id))
-        # Closed here, not left to the garbage collector, when the stream ends early.
-        async with contextlib.aclosing(self.watch.events(owner, job_id, after)) as events:
+        async with contextlib.AsyncExitStack() as held:
+            if self.admission is not None:  # one of the owner's streams, or RESOURCE_EXHAUSTED
+                await held.enter_async_context(self.admission.stream(owner))
+            # Closed here, not left to the garbage collector, when the stream ends early.
+            events = await held.enter_async_context(
+                contextlib.aclosing(self.watch.events(owner, job_id, after))
+            )
             async for event in events:
                 yield events_service_pb2.WatchJobResponse(event=event)

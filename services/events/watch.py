@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import redis.asyncio
 import redis.exceptions
@@ -31,10 +32,12 @@ from darkroom import db
 from darkroom.convert import job_to_proto
 from darkroom.errors import FieldViolation, InvalidArgumentError, NotFoundError, UnavailableError
 from darkroom.events import START, TERMINAL_KINDS, Continuity, Entry, EventLog, JobEvent
-from darkroom.models import JobRow
+from darkroom.models import JobRow, State
+from darkroom.positions import QueuedJob, QueueView, changed
 from darkroom.process import raise_if_cancelled
 from darkroom.services.events.notifier import Notifier
 from darkroom.store import JobStore
+from darkroom.v1 import job_pb2
 
 log = structlog.get_logger("darkroom.events")
 
@@ -56,6 +59,8 @@ class WatchSettings:
     idle_check: timedelta = timedelta(seconds=30)  # re-read the row after this long in silence
     # A row read that takes longer ends the stream UNAVAILABLE (the client resumes).
     database_timeout: timedelta = timedelta(seconds=4)
+    # How often a queued job's position is looked at (and sent when it changed).
+    position_interval: timedelta = timedelta(seconds=1)
 
 
 def parse_after(value: str) -> str:
@@ -103,7 +108,9 @@ class Watch:
         key_prefix: str,
         settings: WatchSettings,
         url_for: Callable[[str], str] | None = None,
+        positions: QueueView | None = None,
     ) -> None:
+        self._positions = positions
         self._store = store
         self._log = EventLog(redis, key_prefix)
         self._notifier = notifier
@@ -169,14 +176,15 @@ class Watch:
             if not after:
                 yield self._snapshot(row, last)
                 cursor, seen = last or START, _summary(row)
+            queue = Positions(self._positions, row, self._settings.position_interval)
             async for event in self._follow(
-                owner=owner, job_id=job_id, cursor=cursor, wake=wake, seen=seen
+                owner=owner, job_id=job_id, cursor=cursor, wake=wake, seen=seen, queue=queue
             ):
                 yield event
         finally:
             self._notifier.unregister(str(job_id), wake)
 
-    async def _follow(
+    async def _follow(  # noqa: PLR0912 - one loop of one stream's states reads best whole
         self,
         *,
         owner: str,
@@ -184,9 +192,11 @@ class Watch:
         cursor: str,
         wake: asyncio.Event,
         seen: tuple[object, ...],
+        queue: Positions,
     ) -> AsyncIterator[JobEvent]:
         clock = asyncio.get_running_loop().time
         behind = False
+        quiet = 0.0  # seconds of silence so far
         while True:
             raise_if_cancelled()
             try:
@@ -199,6 +209,7 @@ class Watch:
                 row, snapshot, cursor = await self._resync(owner, job_id, status, seen)
                 if snapshot is not None:
                     seen = _summary(row)
+                    queue.saw(snapshot)
                     yield snapshot
                 if row.state.terminal:
                     return
@@ -208,6 +219,7 @@ class Watch:
             behind = False
             for event_id, event in entries:
                 event.event_id = event_id
+                queue.saw(event)
                 began = clock()
                 yield event
                 if event.WhichOneof("kind") in TERMINAL_KINDS:
@@ -220,8 +232,18 @@ class Watch:
                     break
             if more or _take(wake):
                 continue
-            if not await self._sleep(wake, self._settings.idle_check):
+            position = await queue.update()
+            if position is not None:
+                yield position
+            idle = self._settings.idle_check.total_seconds()
+            limit = min(queue.next_look() or idle, max(0.001, idle - quiet))
+            if await self._sleep(wake, timedelta(seconds=limit)):
+                quiet = 0.0
+                continue
+            quiet += limit
+            if quiet >= idle:
                 # A long silence: make sure the job did not end without its event.
+                quiet = 0.0
                 row = await self._row(owner, job_id)
                 if row.state.terminal:
                     yield self._snapshot(row, cursor if cursor != START else "")
@@ -262,6 +284,74 @@ class Watch:
             return row, self._snapshot(row, last), last or START
         changed = _summary(row) != seen
         return row, self._snapshot(row, "") if changed else None, START
+
+
+class Positions:
+    """A watcher's view of its job's place in the queue: while the job is queued (as
+    its row, then its events, say), a `position` event whenever that changed, looked at
+    once an `interval` at most."""
+
+    def __init__(self, view: QueueView | None, row: JobRow, interval: timedelta) -> None:
+        self._view = view
+        self._owner, self._model = row.owner, row.model
+        self._job: QueuedJob | None = QueuedJob.of(row) if row.state == State.QUEUED else None
+        self._interval = interval.total_seconds()
+        self._last: job_pb2.QueueStatus | None = None
+        self._next = 0.0  # when to look again (monotonic)
+
+    def saw(self, event: JobEvent) -> None:
+        """Follow the job's state through its events."""
+        kind = event.WhichOneof("kind")
+        job_id = uuid.UUID(event.job_id)
+        if kind == "queued":
+            self._queued(QueuedJob(job_id, self._owner, self._model, event.queued.attempt, _now()))
+        elif kind == "retrying":
+            retry = event.retrying
+            run_after = retry.retry_time.ToDatetime(UTC) if retry.HasField("retry_time") else _now()
+            self._queued(QueuedJob(job_id, self._owner, self._model, retry.attempt, run_after))
+        elif kind == "snapshot":
+            job = event.snapshot.job
+            if job.state != job_pb2.JOB_STATE_QUEUED:
+                self._job = None
+            else:
+                self._queued(QueuedJob(job_id, self._owner, self._model, job.attempt, _now()))
+        elif kind is not None and kind != "position":
+            self._job = None  # started, progress or terminal: no longer queued
+
+    def _queued(self, job: QueuedJob) -> None:
+        if self._job is None or self._job.attempt != job.attempt:
+            self._last, self._next = None, 0.0
+        self._job = job
+
+    def next_look(self) -> float | None:
+        """Seconds until the next look, while queued."""
+        if self._job is None or self._view is None:
+            return None
+        return max(0.001, self._next - time.monotonic())
+
+    async def update(self) -> JobEvent | None:
+        """A `position` event, when it is time to look and the position changed."""
+        job, view = self._job, self._view
+        if job is None or view is None or time.monotonic() < self._next:
+            return None
+        self._next = time.monotonic() + self._interval
+        try:
+            status = await view.status(job)
+        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+            raise_if_cancelled()
+            log.debug("position_unknown", error=repr(exc))
+            return None
+        if not changed(self._last, status):
+            return None
+        self._last = status
+        event = JobEvent(job_id=str(job.id))
+        event.time.GetCurrentTime()
+        event.position.queue.CopyFrom(status)
+        return event
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _summary(row: JobRow) -> tuple[object, ...]:

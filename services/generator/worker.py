@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -12,6 +13,7 @@ from datetime import timedelta
 import structlog
 
 from darkroom import queue
+from darkroom.capacity import Presence
 from darkroom.config import Settings
 from darkroom.consumer import Consumer
 from darkroom.services.generator import pipeline as pipelines
@@ -33,6 +35,7 @@ class Runner:
     """Turns queue messages into attempts, and hands the current one back on shutdown."""
 
     services: Services
+    presence: Presence | None = None
     current: Attempt | None = None
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -53,11 +56,16 @@ class Runner:
         log.info("attempt_started", worker_id=s.worker_id)
         self.current = Attempt(s, row)
         self.idle.clear()
+        if self.presence is not None:
+            started = row.started_at.timestamp() if row.started_at else time.time()
+            self.presence.busy(started)
         try:
             await self.current.run()
         finally:
             self.current = None
             self.idle.set()
+            if self.presence is not None:
+                self.presence.idle()
 
     async def reject(self, message: queue.QueueMessage, reason: str) -> None:
         """The consumer set the message aside as poison: end its job, if still waiting."""
@@ -106,6 +114,8 @@ class Generator:
             await asyncio.gather(self.task, return_exceptions=True)
         if self.health is not None:
             await self.health.close()
+        if self.runner.presence is not None:
+            await self.runner.presence.stop()  # ListModels stops counting it at once
         await self.resources.close()
         self.executor.shutdown(wait=True)
 
@@ -156,7 +166,15 @@ async def start(
         executor=executor,
         worker_id=settings.worker_id or default_worker_id(),
     )
-    runner = Runner(services)
+    # Registered under its model, so the API can tell "no worker" from "queued behind N".
+    presence = Presence(
+        resources.redis,
+        settings.keys,
+        model=settings.served_model,
+        worker_id=services.worker_id,
+        interval=settings.heartbeat_interval,
+    )
+    runner = Runner(services, presence)
     consumer = Consumer(
         resources.redis,
         settings.queue_for(settings.served_model),
@@ -167,11 +185,13 @@ async def start(
         poll_delay=settings.worker_poll_delay,
         wakeups=settings.worker_wakeups,
         reject=runner.reject,
+        keys=settings.keys,
     )
     generator = Generator(consumer, runner, resources, executor)
     if settings.generator_health_address:
         generator.health = HealthServer(generator.vitals())
         generator.health_port = await generator.health.start(settings.generator_health_address)
+    presence.start()
     generator.task = asyncio.create_task(consumer.run())
     log.info(
         "generator_started",

@@ -9,9 +9,11 @@ from datetime import timedelta
 import grpc
 
 from darkroom import queue
+from darkroom.admission import SubmitAdmission
 from darkroom.auth import Authenticator
 from darkroom.config import Settings
 from darkroom.inserts import JobInserter
+from darkroom.positions import QueueView
 from darkroom.server import RunningServer, create_server, prepare_listener
 from darkroom.services.jobs.servicer import JobsServicer
 from darkroom.services.jobs.submits import SubmitBatcher
@@ -69,6 +71,8 @@ async def start(settings: Settings, address: str | None = None) -> JobsApp:
             redis=resources.redis,
         ),
         authenticator=Authenticator(settings.auth_tokens),
+        admission=SubmitAdmission(resources.redis, settings),
+        queue_view=QueueView(resources.redis, settings),
     )
 
     def register(server: grpc.aio.Server) -> Sequence[str]:

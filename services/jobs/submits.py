@@ -183,7 +183,7 @@ class SubmitBatcher:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for row in rows:
                         self._event_log.append_in(pipe, events.queued(row.id, row.attempt))
-                        self._queue.enqueue_in(pipe, row.id, row.attempt, row.model)
+                        self._queue.enqueue_row(pipe, row)
                     await pipe.execute()
         except Exception as exc:  # noqa: BLE001 - any Redis failure is left to the reconciler
             log.warning("enqueue_deferred", jobs=[str(row.id) for row in rows], error=repr(exc))

@@ -84,13 +84,32 @@ class Reconciler:
             if failed is not None:
                 log.info("lease_expired_failed", job_id=str(row.id), attempt=row.attempt)
                 report.failed_lost += 1
+                # Its dead worker's message would count against the owner's running
+                # limit until its hold ran out.
+                await self.queue.reset(row.id, row.attempt - 1, row.model)
 
     async def _deadlines(self, report: Report) -> None:
         for row in await self.scans.past_deadline(self.settings.reconcile_batch):
             if await self.lifecycle.expire(row.id) is not None:
                 report.expired += 1
 
+    async def _rebuild(self, report: Report) -> None:
+        """After Redis lost its data (or on a new one): enqueue every due QUEUED row that
+        has no message, page by page, so the whole queue and its fair order come back."""
+        if await self.queue.intact():
+            return
+        after, restored = None, 0
+        while rows := await self.scans.due_page(
+            after, ENQUEUE_GRACE, self.settings.reconcile_batch
+        ):
+            restored += await self.queue.restore(rows)
+            after = (rows[-1].run_after, rows[-1].id)
+        await self.queue.mark_intact()
+        report.enqueued += restored
+        log.info("queues_rebuilt", enqueued=restored)
+
     async def _lost_messages(self, report: Report) -> None:
+        await self._rebuild(report)
         rows = await self.scans.queued_since(
             ENQUEUE_GRACE, self.settings.reconcile_stale_message, self.settings.reconcile_batch
         )
@@ -103,7 +122,9 @@ class Reconciler:
             # Lost with Redis, never enqueued, or taken by a worker that died before its
             # claim: arq would keep the latter "in progress" until its timeout.
             await self.queue.reset(row.id, row.attempt, row.model)
-            await self.queue.enqueue(row.id, row.attempt, row.model)
+            await self.queue.enqueue(
+                row.id, row.attempt, row.model, owner=row.owner, priority=row.priority
+            )
             log.info("message_reenqueued", job_id=str(row.id), attempt=row.attempt, was=state)
             report.enqueued += 1
 

@@ -4,9 +4,10 @@ meanwhile is simply left alone."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import uuid
+from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from darkroom.db import sessionmaker
@@ -47,6 +48,22 @@ class Scans:
         )
         async with self._sessions() as session:
             return [(row, bool(is_stale)) for row, is_stale in await session.execute(query)]
+
+    async def due_page(
+        self, after: tuple[datetime, uuid.UUID] | None, age: timedelta, limit: int
+    ) -> list[JobRow]:
+        """A page of QUEUED jobs ready to run and unchanged for `age`, in (run_after, id)
+        order, after `after`."""
+        query = select(JobRow).where(
+            JobRow.state == State.QUEUED,
+            JobRow.run_after <= func.now(),
+            JobRow.updated_at <= func.now() - age,
+        )
+        if after is not None:
+            query = query.where(tuple_(JobRow.run_after, JobRow.id) > tuple_(*after))
+        query = query.order_by(JobRow.run_after, JobRow.id).limit(limit)
+        async with self._sessions() as session:
+            return list(await session.scalars(query))
 
     async def past_deadline(self, limit: int) -> list[JobRow]:
         """QUEUED jobs that never started and whose deadline passed."""

@@ -28,6 +28,7 @@ def _row(**changes: Any) -> JobRecord:
         "seed": 3,
         "num_images": 1,
         "model": "tiny-sd",
+        "priority": 0,
         "state": State.QUEUED,
         "attempt": 0,
         "max_attempts": 3,

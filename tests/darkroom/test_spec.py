@@ -31,6 +31,7 @@ SPEC = Spec(
     seed=2**32 - 2,
     num_images=3,
     model="tiny-sd",
+    priority=-3,
 )
 
 
@@ -61,7 +62,9 @@ def test_the_client_takes_every_field_but_the_prompt_as_a_keyword() -> None:
 
 
 def test_the_pipeline_request_is_built_from_the_spec() -> None:
-    assert set(REQUEST_FIELDS) == set(FIELDS) - {"seed", "num_images", "model"} | {"seeds"}
+    assert set(REQUEST_FIELDS) == set(FIELDS) - {"seed", "num_images", "model", "priority"} | {
+        "seeds"
+    }
     request = GenerationRequest.for_spec(SPEC)
     assert request.seeds == [2**32 - 2, 2**32 - 1, 0]
     assert {f.name: getattr(request, f.name) for f in fields(request) if f.name != "seeds"} == {

@@ -53,6 +53,11 @@ class WatchRecord:
             if event.HasField("snapshot"):
                 previous = event.event_id or None
                 continue
+            if event.HasField("position"):
+                continue  # live-only: not in the log, no id of its own
+            if previous is not None and not event.event_id:
+                problems += 1  # every logged event has an id
+                continue
             if previous is not None and _order(event.event_id) <= _order(previous):
                 problems += 1
             previous = event.event_id

@@ -78,7 +78,9 @@ async def test_thousands_of_junk_entries_cannot_stall_the_queue(cluster: Cluster
     job_ids = [await cluster.submit() for _ in range(3)]
     finals = await cluster.wait_all(job_ids, timeout=60)
     assert {job.state for job in finals} == {job_pb2.JOB_STATE_SUCCEEDED}
-    assert await cluster.redis.zcard(queue_name(cluster)) == 0
+    async with asyncio.timeout(30):  # junk is no one's: swept while the worker is idle
+        while await cluster.redis.zcard(queue_name(cluster)):
+            await asyncio.sleep(0.1)
     assert worker.returncode is None
     await clean(cluster)
 

@@ -131,7 +131,10 @@ async def test_bytes_that_are_no_message_are_invalid_argument_naming_the_request
 
 
 STRING_FIRST = [
-    m for m in METHODS if m.input_type.fields_by_number[1].type == FieldDescriptor.TYPE_STRING
+    m
+    for m in METHODS
+    if 1 in m.input_type.fields_by_number
+    and m.input_type.fields_by_number[1].type == FieldDescriptor.TYPE_STRING
 ]
 
 

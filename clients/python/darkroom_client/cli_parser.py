@@ -74,6 +74,11 @@ def _spec_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model name (default: the server's default)")
     parser.add_argument("--guidance-scale", type=float, help="guidance scale (default 7.5)")
     parser.add_argument(
+        "--priority",
+        type=int,
+        help="-10 to 10 among your own queued jobs, higher first (default 0)",
+    )
+    parser.add_argument(
         "--queue-timeout",
         type=_positive_float,
         metavar="SECONDS",

@@ -39,6 +39,7 @@ class SpecFields(TypedDict, total=False):
     seed: int
     num_images: int
     model: str
+    priority: int
 
 
 def build_spec(prompt: str, fields: Mapping[str, object]) -> job_pb2.JobSpec:

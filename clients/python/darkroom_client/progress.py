@@ -3,6 +3,7 @@ terminal, and plain status lines for everything else (a log, a pipe, CI)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TextIO
 
 from darkroom.v1 import events_service_pb2, job_pb2
@@ -23,6 +24,15 @@ def _job_status(job: job_pb2.Job) -> str:
     return jobs.state_name(job.state)
 
 
+def queue_status(queue: job_pb2.QueueStatus, now: datetime) -> str:
+    """Where a queued job stands, in words: "queued behind 3 jobs, starts in about 40 s"."""
+    text = queue.detail or "queued"
+    if queue.HasField("estimated_start_time"):
+        wait = (queue.estimated_start_time.ToDatetime(UTC) - now).total_seconds()
+        text += f", starts in about {max(0, round(wait))} s"
+    return text
+
+
 def status(event: events_service_pb2.JobEvent) -> str:
     """What the job is doing after `event`, as a progress line shows it."""
     kind = event.WhichOneof("kind")
@@ -35,6 +45,8 @@ def status(event: events_service_pb2.JobEvent) -> str:
         return f"started (attempt {event.started.attempt})"
     if kind == "retrying":
         return f"retrying after attempt {event.retrying.attempt}: {event.retrying.reason}"
+    if kind == "position":
+        return queue_status(event.position.queue, event.time.ToDatetime(UTC))
     job = jobs.event_job(event)
     return _job_status(job) if job is not None else kind or "unknown event"
 

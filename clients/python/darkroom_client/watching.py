@@ -67,9 +67,10 @@ class Outbox:
 
     While the caller keeps up, every event waits its turn. Once the caller has been busy
     with an event for `patience` seconds it is slower than the job: a new progress event,
-    or the terminal one, then replaces the progress events waiting before it. Every other
-    event always waits, in order, so the terminal event comes right after what the caller
-    is busy with.
+    or the terminal one, then replaces the progress events waiting before it, and any new
+    event replaces the queue positions waiting before it (a position is news only until
+    the next one, or until the job starts). Every other event always waits, in order, so
+    the terminal event comes right after what the caller is busy with.
     """
 
     def __init__(self, patience: float) -> None:
@@ -86,9 +87,11 @@ class Outbox:
         return busy_since is not None and now - busy_since > self._patience
 
     def put(self, event: JobEvent) -> None:
-        supersedes = event.HasField("progress") or jobs.ends_watch(event)
-        if supersedes and self._waiting and self._caller_is_slow():
-            kept = (waiting for waiting in self._waiting if not waiting.HasField("progress"))
+        if self._waiting and self._caller_is_slow():
+            stale = {"position"}
+            if event.HasField("progress") or jobs.ends_watch(event):
+                stale.add("progress")
+            kept = (waiting for waiting in self._waiting if waiting.WhichOneof("kind") not in stale)
             self._waiting = deque(kept)
         self._waiting.append(event)
         self._news.set()

@@ -1,0 +1,237 @@
+"""Admission control: each owner's quotas, and each model's queue cap, checked before
+anything is written.
+
+- `SubmitAdmission` (Jobs): one script a submit, by the Redis clock, checks the model's
+  queue against `DARKROOM_MODEL_MAX_QUEUED`, the owner's queued jobs (over every model:
+  its lines, less the messages workers hold) against `max_queued`, then takes a token
+  from its bucket (`submit_rate`, `submit_burst`); a refusal takes no token.
+- `WatchAdmission` (Events): the owner's open WatchJob streams over every Events process
+  against `max_watches`. Each process counts its own streams under a token of its own,
+  whose holder key it renews; a process that dies stops counting once that key expires.
+
+Counts come from Redis, which caches the queue: a submit counted while another is in
+flight may pass a limit by the few in flight, and right after a Redis flush the counts
+start from what the reconciler has restored. When Redis cannot answer, admission lets the
+request through (logged): the job row, not the queue, is the truth, and a submit must not
+fail because a cache is down. A refusal is `QuotaExceededError` (RESOURCE_EXHAUSTED with
+`QuotaFailure` and `RetryInfo`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Awaitable
+from datetime import timedelta
+from typing import Any, cast
+
+import redis.exceptions
+import structlog
+from redis.asyncio import Redis
+
+from darkroom.config import Settings
+from darkroom.errors import QuotaExceededError
+from darkroom.keys import Keys
+from darkroom.process import raise_if_cancelled
+
+log = structlog.get_logger("darkroom.admission")
+
+# How long to wait before submitting again into a full queue: about when some of it has run.
+QUEUE_FULL_RETRY = timedelta(seconds=5)
+# How long to wait before opening another stream when at the limit.
+WATCHES_RETRY = timedelta(seconds=5)
+# An Events process renews its holder key this often; it expires after `HOLDER_TTL`.
+HOLDER_RENEW = timedelta(seconds=5)
+HOLDER_TTL = timedelta(seconds=20)
+
+# KEYS: the model's queue, the owner's bucket, the owner's running set, then the owner's
+# line in every model's queue.
+# ARGV: model cap, owner's max queued, rate (per s), burst.
+# Answers {"ok"} or {limit, retry after (ms)}.
+SUBMIT_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local model_cap, most_queued = tonumber(ARGV[1]), tonumber(ARGV[2])
+local rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4])
+if model_cap > 0 and redis.call('ZCARD', KEYS[1]) >= model_cap then
+  return {'model_max_queued', -1}
+end
+if most_queued > 0 then
+  local queued = -redis.call('ZCARD', KEYS[3])
+  for i = 4, #KEYS do queued = queued + redis.call('ZCARD', KEYS[i]) end
+  if queued >= most_queued then return {'max_queued', -1} end
+end
+if rate > 0 then
+  local bucket = redis.call('HMGET', KEYS[2], 'tokens', 'at')
+  local tokens = tonumber(bucket[1]) or burst
+  local at = tonumber(bucket[2]) or now
+  tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
+  if tokens < 1 then return {'submit_rate', math.ceil((1 - tokens) * 1000 / rate)} end
+  redis.call('HSET', KEYS[2], 'tokens', tostring(tokens - 1), 'at', now)
+  redis.call('PEXPIRE', KEYS[2], math.ceil(burst * 1000 / rate) + 1000)
+end
+return {'ok', 0}
+"""
+
+# KEYS: the owner's watch counts. ARGV: this process's token, the holder key prefix,
+# the limit. Answers 1 when admitted (and counted), else 0.
+WATCH_SCRIPT = """
+local entries = redis.call('HGETALL', KEYS[1])
+local total = 0
+for i = 1, #entries, 2 do
+  local token = entries[i]
+  if token == ARGV[1] or redis.call('EXISTS', ARGV[2] .. token) == 1 then
+    total = total + tonumber(entries[i + 1])
+  else
+    redis.call('HDEL', KEYS[1], token)
+  end
+end
+if total >= tonumber(ARGV[3]) then return 0 end
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('EXPIRE', KEYS[1], 86400)
+return 1
+"""
+# KEYS: the owner's watch counts. ARGV: this process's token.
+UNWATCH_SCRIPT = """
+local count = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if count <= 1 then redis.call('HDEL', KEYS[1], ARGV[1]) return 0 end
+return redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+"""
+
+
+class SubmitAdmission:
+    """The quotas of a submit."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self._redis = redis
+        self._settings = settings
+        self._keys = settings.keys
+        self._script = redis.register_script(SUBMIT_SCRIPT)
+        self._timeout = settings.enqueue_timeout.total_seconds()
+
+    async def admit(self, owner: str, model: str) -> None:
+        """Raise `QuotaExceededError` when `owner` may not submit a job for `model` now."""
+        settings = self._settings
+        policy = settings.policy_for(owner)
+        if not (settings.model_max_queued or policy.max_queued or policy.submit_rate):
+            return
+        keys = [
+            settings.queue_for(model),
+            self._keys.submit_bucket(owner),
+            self._keys.running(owner),
+            *(Keys.owner_line(settings.queue_for(name), owner) for name in settings.models),
+        ]
+        args = [settings.model_max_queued, policy.max_queued, policy.submit_rate, policy.burst]
+        try:
+            async with asyncio.timeout(self._timeout):
+                limit, retry_ms = await cast(
+                    Awaitable[list[Any]], self._script(keys=keys, args=args)
+                )
+        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+            raise_if_cancelled()
+            log.warning("admission_skipped", owner=owner, error=repr(exc))
+            return
+        limit = limit.decode() if isinstance(limit, bytes) else str(limit)
+        if limit == "ok":
+            return
+        if limit == "model_max_queued":
+            raise QuotaExceededError(
+                f"the queue of model {model} is full ({settings.model_max_queued:,} jobs)",
+                limit=limit,
+                subject=f"model:{model}",
+                description=f"at most {settings.model_max_queued:,} queued jobs per model",
+                retry_after=QUEUE_FULL_RETRY,
+            )
+        if limit == "max_queued":
+            raise QuotaExceededError(
+                f"you have {policy.max_queued:,} jobs waiting to start, your limit",
+                limit=limit,
+                subject=f"owner:{owner}",
+                description=f"at most {policy.max_queued:,} queued jobs",
+                retry_after=QUEUE_FULL_RETRY,
+            )
+        raise QuotaExceededError(
+            f"you are submitting faster than your limit of {policy.submit_rate:g} jobs a second",
+            limit=limit,
+            subject=f"owner:{owner}",
+            description=f"at most {policy.submit_rate:g} submits a second "
+            f"(bursts of {policy.burst})",
+            retry_after=timedelta(milliseconds=max(1, int(retry_ms))),
+        )
+
+
+class WatchAdmission:
+    """The open-stream quota of one Events process's watchers."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self._redis = redis
+        self._settings = settings
+        self._keys = settings.keys
+        self._token = uuid.uuid4().hex
+        self._holders = f"{settings.key_prefix}:watch-holder:"
+        self._watch = redis.register_script(WATCH_SCRIPT)
+        self._unwatch = redis.register_script(UNWATCH_SCRIPT)
+        self._timeout = settings.enqueue_timeout.total_seconds()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._renew()
+        self._task = asyncio.create_task(self._keep(), name="watch-holder")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        with contextlib.suppress(redis.exceptions.RedisError, OSError):
+            await self._redis.delete(self._holders + self._token)
+
+    async def _renew(self) -> None:
+        with contextlib.suppress(redis.exceptions.RedisError, OSError):
+            ttl = int(HOLDER_TTL.total_seconds() * 1000)
+            await self._redis.set(self._holders + self._token, b"1", px=ttl)
+
+    async def _keep(self) -> None:
+        while True:
+            raise_if_cancelled()
+            await asyncio.sleep(HOLDER_RENEW.total_seconds())
+            await self._renew()
+
+    @contextlib.asynccontextmanager
+    async def stream(self, owner: str) -> Any:
+        """Hold one of `owner`'s streams for the `async with` block, or raise
+        `QuotaExceededError` at its start."""
+        most = self._settings.policy_for(owner).max_watches
+        counted = False
+        if most:
+            counted = await self._admit(owner, most)
+        try:
+            yield
+        finally:
+            if counted:
+                with contextlib.suppress(redis.exceptions.RedisError, OSError, TimeoutError):
+                    async with asyncio.timeout(self._timeout):
+                        await self._unwatch(keys=[self._keys.watches(owner)], args=[self._token])
+
+    async def _admit(self, owner: str, most: int) -> bool:
+        try:
+            async with asyncio.timeout(self._timeout):
+                admitted = await cast(
+                    Awaitable[int],
+                    self._watch(
+                        keys=[self._keys.watches(owner)], args=[self._token, self._holders, most]
+                    ),
+                )
+        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+            raise_if_cancelled()
+            log.warning("admission_skipped", owner=owner, error=repr(exc))
+            return False
+        if not admitted:
+            raise QuotaExceededError(
+                f"you have {most:,} WatchJob streams open, your limit",
+                limit="max_watches",
+                subject=f"owner:{owner}",
+                description=f"at most {most:,} open WatchJob streams",
+                retry_after=WATCHES_RETRY,
+            )
+        return True
