@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import redis.asyncio
 from playwright.async_api import Browser, Page, expect
 
 from darkroom.config import DEV_TOKEN
@@ -37,12 +38,24 @@ async def _bar(page: Page) -> int:
 
 
 async def _wait_bar(page: Page, at_least: int) -> None:
-    async with asyncio.timeout(20):
-        while await _bar(page) < at_least:
-            await asyncio.sleep(0.05)
+    try:
+        async with asyncio.timeout(20):
+            while await _bar(page) < at_least:
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        seen = await page.evaluate("window.darkroomEvents")
+        state = await page.locator("#job-state").inner_text()
+        raise AssertionError(f"the bar stayed below {at_least}: state {state}, {seen}") from None
 
 
-async def _finish_and_check(page: Page, name: str) -> None:
+def _key(event_id: str) -> tuple[int, int]:
+    millis, _, sequence = event_id.partition("-")
+    return int(millis), int(sequence)
+
+
+async def _finish_and_check(
+    page: Page, name: str, redis: redis.asyncio.Redis, gateway: GatewayProcess
+) -> None:
     image = page.locator("#job-images img").first
     await expect(image).to_be_visible()
     await page.wait_for_function(
@@ -60,12 +73,26 @@ async def _finish_and_check(page: Page, name: str) -> None:
     # watch resumed after it (an Events service answers a finished job from its row).
     assert kinds.count("succeeded") <= 1
     assert kinds[-1] in {"succeeded", "snapshot"}
-    assert "started" in [e["kind"] for e in events]
+    assert "progress" in kinds
+    # Nothing missed: every event logged after what the first snapshot covered reached the
+    # page, in order, across the restart (a later snapshot, sent when a watch resumed
+    # after the job's end, covers what it says it covers).
+    job_id = events[0]["job"]
+    logged = await redis.xrange(gateway.stack.settings.keys.events(job_id))
+    covered = _key(events[0]["id"])
+    later = [_key(e["id"]) for e in events[1:] if e["kind"] == "snapshot" and e["id"]]
+    expected = [i.decode() for i, _ in logged if _key(i.decode()) > covered]
+    missed = [i for i in expected if i not in ids and not any(_key(i) <= s for s in later)]
+    assert not missed, (missed, events)
+    assert ids == sorted(ids, key=_key)
+    assert set(ids) <= set(expected)
     await page.screenshot(path=artifact(name), full_page=True)
 
 
 async def test_submit_watch_and_see_the_image_across_a_gateway_restart(
-    browser: Browser, gateway_process: tuple[GatewayProcess, GatedPipeline]
+    browser: Browser,
+    gateway_process: tuple[GatewayProcess, GatedPipeline],
+    redis_client: redis.asyncio.Redis,
 ) -> None:
     gateway, pipeline = gateway_process
     page = await _signed_in_page(browser, gateway)
@@ -77,13 +104,15 @@ async def test_submit_watch_and_see_the_image_across_a_gateway_restart(
     await gateway.start()  # the same port: the page's EventSource reconnects to it
     await asyncio.sleep(0.3)
     pipeline.release(3)
-    await _finish_and_check(page, "gateway-restart.png")
+    await _finish_and_check(page, "gateway-restart.png", redis_client, gateway)
     recent = page.locator("#recent li")
     await expect(recent.first).to_contain_text("a lighthouse at dusk")
 
 
 async def test_the_page_resumes_across_an_events_restart(
-    browser: Browser, gateway_process: tuple[GatewayProcess, GatedPipeline]
+    browser: Browser,
+    gateway_process: tuple[GatewayProcess, GatedPipeline],
+    redis_client: redis.asyncio.Redis,
 ) -> None:
     gateway, pipeline = gateway_process
     page = await _signed_in_page(browser, gateway)
@@ -92,7 +121,7 @@ async def test_the_page_resumes_across_an_events_restart(
     await _wait_bar(page, 3)
     await gateway.stack.restart_events()
     pipeline.release(3)
-    await _finish_and_check(page, "events-restart.png")
+    await _finish_and_check(page, "events-restart.png", redis_client, gateway)
 
 
 async def test_field_errors_show_beside_their_fields(
