@@ -49,8 +49,9 @@ class OwnerPolicy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     # Turns in each model's queue, relative to other owners: weight 2 starts twice as
-    # many jobs as weight 1 while both have work waiting.
-    weight: float = Field(default=1.0, gt=0, le=1_000)
+    # many jobs as weight 1 while both have work waiting (kept to 0.1 %: see
+    # `darkroom.scheduling.step`).
+    weight: float = Field(default=1.0, ge=0.001, le=1_000)
     # Most jobs waiting to start, over every model; one more submit is refused.
     max_queued: int = Field(default=10_000, ge=0)
     # Most jobs running at once, over every model: the rest wait their turn (not refused).
@@ -162,6 +163,8 @@ class Settings(BaseSettings):
     # how long a silent watch waits before it re-reads the row.
     watch_row_poll: Seconds = timedelta(seconds=1)
     watch_idle_check: Seconds = timedelta(seconds=30)
+    # How often a queued job's watcher looks at its position (it is sent when it changed).
+    watch_position_interval: Seconds = timedelta(seconds=1)
 
     # Scheduling and admission (see `darkroom.scheduling` and `darkroom.admission`): the
     # policy of every owner, then per-owner changes to it ('{"alice": {"weight": 2}}'),

@@ -58,7 +58,7 @@ log = structlog.get_logger("darkroom.generator")
 # no message behind them (look again at once). Owners are looked at in turn order (lowest
 # virtual time first); an owner at its running limit is passed over; in its line, the
 # first message that is due and that no one holds is taken, and the owner's turn moves on
-# by 1 / its weight from the queue's clock. Messages outside every line (enqueued before
+# by its step (`scheduling.step`) from the queue's clock. Messages outside every line (enqueued before
 # fair share) are taken after, oldest due first, as plain arq would. A message taken more
 # than `most` times without finishing (its handling kills the worker, or keeps failing)
 # is poison: it is moved to the dead letters with the reason, never taken again, and
@@ -66,7 +66,8 @@ log = structlog.get_logger("darkroom.generator")
 # KEYS: the queue, its delivery counts, its dead letters, its turns, its clock, its
 # message owners, the policies.
 # ARGV: in-progress key prefix, message key prefix, hold (ms), batch, most deliveries,
-# owner-line prefix, running prefix, owners per take, line per take, band (ms).
+# owner-line prefix, running prefix, owners per take, line per take, band (ms), the
+# step of an owner without a recorded policy.
 # Answers {"taken", id, message, count}, or {"none", removed} plus the id and message of
 # the one it has just set aside, if any (then the caller looks again).
 # (Keys are built in the script: fine on one Redis, not on a Redis Cluster.)
@@ -112,9 +113,9 @@ for i = 1, #turns, 2 do
   if #entries == 0 then
     redis.call('ZREM', KEYS[4], owner)  -- no work left: it re-enters at the clock
   else
-    local policy = redis.call('HGET', KEYS[7], owner) or '1 0'
-    local weight, most_running = string.match(policy, '(%S+) (%S+)')
-    weight, most_running = tonumber(weight) or 1, tonumber(most_running) or 0
+    local policy = redis.call('HGET', KEYS[7], owner) or (ARGV[11] .. ' 0')
+    local step, most_running = string.match(policy, '(%S+) (%S+)')
+    step, most_running = tonumber(step) or tonumber(ARGV[11]), tonumber(most_running) or 0
     local running = ARGV[7] .. owner
     local blocked = false
     if most_running > 0 then
@@ -133,8 +134,8 @@ for i = 1, #turns, 2 do
             local taken = take(id, message, owner)
             if not taken then return reply end
             local start = math.max(vtime, clock)
-            redis.call('ZADD', KEYS[4], start + 1 / weight, owner)
-            if start > clock then redis.call('SET', KEYS[5], tostring(start)) end
+            redis.call('ZADD', KEYS[4], string.format('%.0f', start + step), owner)
+            if start > clock then redis.call('SET', KEYS[5], string.format('%.0f', start)) end
             return taken
           end
         end
@@ -304,6 +305,7 @@ class Consumer:
                     str(scheduling.OWNERS_PER_TAKE),
                     str(scheduling.LINE_PER_TAKE),
                     str(scheduling.BAND_MS),
+                    str(scheduling.STEP_SCALE),
                 ],
             ),
         )

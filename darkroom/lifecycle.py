@@ -206,7 +206,19 @@ class Lifecycle:
         if row is not None:
             log.info("job_expired", job_id=str(job_id))
         await self._ended("expire", row)
+        await self._unqueue(row)
         return row
+
+    async def _unqueue(self, row: JobRecord | None) -> None:
+        """After a queued job ended: take its message out of the queue, so that it counts
+        against its owner's quota no longer and no worker takes it (best effort: a worker
+        that does finds nothing to claim)."""
+        if row is None:
+            return
+        try:
+            await self.queue.reset(row.id, row.attempt, row.model)
+        except Exception as exc:  # noqa: BLE001 - the claim refuses it anyway
+            log.warning("unqueue_failed", job_id=str(row.id), error=repr(exc))
 
     async def reject(self, job_id: uuid.UUID, queued_attempt: int, reason: str) -> JobRecord | None:
         """QUEUED -> FAILED (INTERNAL) for a job whose queue message was set aside as poison:
@@ -223,6 +235,7 @@ class Lifecycle:
         row, changed = await self.store.cancel(owner, job_id)
         if changed and row is not None and row.state == State.CANCELLED:
             await self._ended("cancel", row)
+            await self._unqueue(row)
         return row, changed
 
 

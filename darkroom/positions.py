@@ -2,7 +2,7 @@
 should start and end.
 
 `QueueView` reads, at most once a `max_age` per model and process, a snapshot of the
-model's round (`darkroom.scheduling.Turns`: every owner's next turn, weight and waiting
+model's round (`darkroom.scheduling.Turns`: every owner's next turn, step and waiting
 count, from one script) and its capacity (live workers, recent median run time); then
 each job's position costs one round trip (its rank in its owner's line, a sorted set:
 O(log n)) and a sum over owners in memory, never a scan of the queue. The ETA assumes the
@@ -31,7 +31,7 @@ from darkroom.scheduling import OwnerTurn, Turns
 from darkroom.v1 import job_pb2
 
 # Every owner of a queue's round, as the take script sees them: the clock, then per owner
-# its virtual time, policy ("weight max_running"), messages in its line and held ones.
+# its virtual time, policy ("step max_running"), messages in its line and held ones.
 # KEYS: turns, clock, policies. ARGV: owner-line prefix, running prefix.
 SNAPSHOT_SCRIPT = """
 local reply = {redis.call('GET', KEYS[2]) or '0'}
@@ -103,7 +103,7 @@ class QueueView:
         return cast(Turns, await self._cached("turns", model, self._read_turns))
 
     async def model_capacity(self, model: str) -> ModelCapacity:
-        return cast(ModelCapacity, await self._cached("capacity", model, self._read_capacity))
+        return cast(ModelCapacity, await self._cached("capacity", model, self.read_capacity))
 
     async def _read_turns(self, model: str) -> Turns:
         queue = self._settings.queue_for(model)
@@ -114,16 +114,17 @@ class QueueView:
                 args=[Keys.owner_lines(queue), self._keys.running_prefix],
             ),
         )
-        clock = float(reply[0])
+        clock = int(float(reply[0]))
         owners = []
         for i in range(1, len(reply), 5):
             owner = _text(reply[i])
-            weight = float(_text(reply[i + 2]).split()[0])
+            step = int(_text(reply[i + 2]).split()[0])
             waiting = max(0, int(reply[i + 3]) - int(reply[i + 4]))
-            owners.append(OwnerTurn(owner, max(float(reply[i + 1]), clock), weight, waiting))
+            owners.append(OwnerTurn(owner, max(int(float(reply[i + 1])), clock), step, waiting))
         return Turns.of(clock, owners)
 
-    async def _read_capacity(self, model: str) -> ModelCapacity:
+    async def read_capacity(self, model: str) -> ModelCapacity:
+        """The model's live workers and median run time now (not cached)."""
         workers = await self.capacity.workers(model)
         return ModelCapacity(workers, await self.capacity.median_run(model))
 

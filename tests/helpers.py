@@ -94,6 +94,8 @@ class RichError:
     reason: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
     violations: dict[str, str] = field(default_factory=dict)
+    quota: dict[str, str] = field(default_factory=dict)  # QuotaFailure: subject -> description
+    retry_after: float | None = None  # RetryInfo, seconds
 
 
 def rich_error(error: grpc.aio.AioRpcError) -> RichError:
@@ -112,4 +114,12 @@ def rich_error(error: grpc.aio.AioRpcError) -> RichError:
             bad_request = error_details_pb2.BadRequest()
             detail.Unpack(bad_request)
             decoded.violations = {v.field: v.description for v in bad_request.field_violations}
+        elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+            failure = error_details_pb2.QuotaFailure()
+            detail.Unpack(failure)
+            decoded.quota = {v.subject: v.description for v in failure.violations}
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            decoded.retry_after = retry.retry_delay.ToTimedelta().total_seconds()
     return decoded

@@ -100,6 +100,7 @@ async def start(settings: Settings, address: str | None = None) -> EventsApp:
         settings=WatchSettings(
             row_poll=settings.watch_row_poll,
             idle_check=settings.watch_idle_check,
+            position_interval=settings.watch_position_interval,
             database_timeout=settings.database_timeout,
         ),
         url_for=storage_for(settings).url_for,

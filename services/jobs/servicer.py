@@ -208,7 +208,7 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
             status = response.models.add(model=model, queued_jobs=queued, running_jobs=running)
             try:
                 async with asyncio.timeout(self.settings.enqueue_timeout.total_seconds()):
-                    capacity = await self.queue_view.model_capacity(model)
+                    capacity = await self.queue_view.read_capacity(model)  # fresh, not cached
             except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
                 raise UnavailableError("the worker registry is unavailable") from exc
             for worker in capacity.workers:

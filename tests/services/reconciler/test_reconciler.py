@@ -26,6 +26,7 @@ from darkroom.services.reconciler.reconciler import Reconciler
 from darkroom.storage import LocalStorage
 from darkroom.store import JobStore
 from tests.conftest import create_database, drop_database
+from tests.darkroom.test_fair_queue import _take
 from tests.helpers import RUN_ID, job_request
 
 _numbers = itertools.count()
@@ -207,3 +208,26 @@ async def test_two_reconcilers_at_once_repair_each_job_once(world: World) -> Non
         assert after is not None
         assert (after.state, after.attempt) == (State.QUEUED, 1)
         assert (await world.kinds(row.id)).count("retrying") == 1
+
+
+async def test_a_flushed_redis_gets_every_queue_back_in_fair_order(world: World) -> None:
+    ids: dict[str, list[uuid.UUID]] = {"alice": [], "bob": []}
+    for owner, count in (("alice", 600), ("bob", 3)):  # more than one scan batch
+        for _ in range(count):
+            row, _ = await world.store.create(owner, job_request(owner), max_attempts=2)
+            ids[owner].append(row.id)
+    async with world.store._sessions.begin() as session:  # test setup: make them look old
+        await session.execute(text("SET LOCAL session_replication_role = replica"))
+        await session.execute(update(JobRow).values(updated_at=func.now() - timedelta(seconds=9)))
+    for pattern in world.settings.keys.everything:  # Redis lost everything
+        async for key in world.redis.scan_iter(match=pattern, count=1000):
+            await world.redis.delete(key)
+    report = await world.reconciler.run_once()
+    assert report.enqueued == 603
+    taken = await _take(world.queue._redis, world.settings, 6)
+    assert set(ids["bob"]) <= set(taken)  # bob's three come in turn, not after alice's 600
+    assert [job_id for job_id in taken if job_id in ids["alice"]] == ids["alice"][:3]
+    # The queues are whole again: a second pass re-enqueues at most the rows whose
+    # messages this test took without running them, never the 597 still waiting.
+    assert await world.queue.intact()
+    assert (await world.reconciler.run_once()).enqueued <= len(taken)
