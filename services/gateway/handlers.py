@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -45,12 +46,24 @@ def authenticated(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             return refused
         # Streaming responses go on in this task after the handler returns: they keep it.
         calls.set_caller(caller.token)
+        started = time.perf_counter()
         try:
-            return await handler(request, caller)
+            response = await handler(request, caller)
         except DarkroomError as exc:
-            return from_darkroom_error(exc)
+            response = from_darkroom_error(exc)
         except Exception:
+            # The boundary: logged here with its traceback, never sent.
             log.exception("gateway_request_failed", path=request.url.path)
-            return error_response(grpc.StatusCode.INTERNAL, "internal error", reason="INTERNAL")
+            response = error_response(grpc.StatusCode.INTERNAL, "internal error", reason="INTERNAL")
+        job = {"job_id": request.path_params["job_id"]} if "job_id" in request.path_params else {}
+        log.info(
+            "http",
+            method=request.method,
+            path=request.url.path,
+            status=response.status_code,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            **job,
+        )
+        return response
 
     return endpoint

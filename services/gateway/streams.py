@@ -100,17 +100,25 @@ async def job_events(request: Request, caller: Caller) -> Response:
     except StopAsyncIteration:
         first = None
 
+    job_id = request.path_params["job_id"]
+
     async def stream() -> AsyncIterator[ServerSentEvent]:
+        sent, ended = 0, "client_left"
         try:
             if first is None:
                 return
             yield _sse(first, first=True)
+            sent += 1
             async for event in until_shutdown(events, gateway.shutdown):
                 yield _sse(event)
+                sent += 1
+            ended = "shutdown" if gateway.shutdown.is_set() else "job_ended"
         except DarkroomError as exc:  # the watch could not be resumed
+            ended = f"error:{exc.code.name}"
             yield _error_event(exc)
         finally:
             await events.aclose()  # type: ignore[attr-defined]
+            log.info("sse_stream_ended", job_id=job_id, after=after, sent=sent, ended=ended)
 
     return EventSourceResponse(
         stream(),

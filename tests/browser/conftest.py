@@ -72,6 +72,11 @@ class GatewayProcess:
     process: asyncio.subprocess.Process | None = None
 
     @property
+    def log(self) -> Path:
+        """The gateway's log (kept with the screenshots, for when a test fails)."""
+        return artifact(f"gateway-{self.port}.log")
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
@@ -90,17 +95,19 @@ class GatewayProcess:
             "DARKROOM_MODELS": json.dumps(s.models),
             "DARKROOM_SHUTDOWN_GRACE": "1",
             "DARKROOM_LOG_JSON": "true",
+            "PYTHONUNBUFFERED": "1",  # its log survives a SIGKILL
         }
 
     async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "darkroom.services.gateway",
-            env=self._env(),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
+        with self.log.open("ab") as log:  # the child keeps its own copy of the descriptor
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "darkroom.services.gateway",
+                env=self._env(),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=log,
+            )
         async with httpx.AsyncClient(base_url=self.url, timeout=1) as http, asyncio.timeout(30):
             while True:
                 try:
@@ -122,7 +129,10 @@ class GatewayProcess:
 async def gateway_process(
     make_stack: StackFactory,  # noqa: F811
 ) -> AsyncIterator[tuple[GatewayProcess, GatedPipeline]]:
-    pipeline = GatedPipeline(3)
+    # Held at step 1 until the page has its first event, then at step 3 while a test kills
+    # something: steps 2 and 3 are then logged after the page's snapshot, so it must get
+    # them as events (a snapshot's row may show an older step than the log it covers).
+    pipeline = GatedPipeline(1, 3)
     stack = await make_stack(pipeline)
     gateway = GatewayProcess(stack)
     await gateway.start()
