@@ -9,8 +9,9 @@ import redis.asyncio
 from playwright.async_api import Browser, Page, expect
 
 from darkroom.config import DEV_TOKEN
+from darkroom.v1 import job_pb2
 from tests.browser.conftest import GatewayProcess, artifact
-from tests.clients.conftest import GatedPipeline
+from tests.clients.conftest import GatedPipeline, StackFactory
 
 STEPS = 8
 
@@ -155,22 +156,50 @@ async def test_queue_position_and_eta_render_when_events_carry_them(
     await page.evaluate(
         """() => {
         const soon = new Date(Date.now() + 30000).toISOString();
-        render("position", {position: {queue: {jobs_ahead: 2, workers: 1,
-            estimated_start_time: soon, detail: "behind 2 jobs"}}});
+        const later = new Date(Date.now() + 60000).toISOString();
+        render("position", {position: {queue: {reason: "WAIT_REASON_QUEUED", jobs_ahead: 2,
+            workers: 1, estimated_start_time: soon, estimated_end_time: later,
+            detail: "queued behind 2 jobs"}}});
     }"""
     )
     text = await page.locator("#job-queue").inner_text()
     assert "position 3" in text
     assert "starts in about" in text
-    assert "behind 2 jobs" in text
+    assert "done in about" in text
+    assert "queued behind 2 jobs" in text
     await expect(page.locator("#job-state")).to_have_text("queued")
+    # Proto JSON leaves jobs_ahead out when it is 0: the job is next.
     await page.evaluate(
         """() => render("snapshot", {snapshot: {job: {id: "j", state: "JOB_STATE_QUEUED",
-        queue: {jobs_ahead: 0}}}})"""
+        queue: {reason: "WAIT_REASON_QUEUED"}}}})"""
     )
     await expect(page.locator("#job-queue")).to_have_text("(position 1)")
+    await page.evaluate(
+        """() => render("position", {position: {queue: {reason: "WAIT_REASON_NO_WORKER"}}})"""
+    )
+    await expect(page.locator("#job-queue")).to_have_text("(waiting for a worker)")
     await page.evaluate(
         """() => render("progress", {progress: {progress: {step: 2, total_steps: 4}}})"""
     )
     await expect(page.locator("#job-status")).to_have_text("Step 2 of 4")
     await expect(page.locator("#job-queue")).to_have_text("")
+
+
+async def test_a_job_without_a_worker_says_so(browser: Browser, make_stack: StackFactory) -> None:
+    stack = await make_stack(generator=False)
+    gateway = GatewayProcess(stack)
+    await gateway.start()
+    try:
+        page = await _signed_in_page(browser, gateway)
+        await page.get_by_label("Prompt").fill("nobody serves this")
+        await page.get_by_role("button", name="Generate").click()
+        await expect(page.locator("#job-state")).to_have_text("queued")
+        if "queue" in job_pb2.Job.DESCRIPTOR.fields_by_name:
+            await expect(page.locator("#job-queue")).to_contain_text("waiting for a worker")
+        # Cancel from the keyboard.
+        await page.get_by_role("button", name="Cancel", exact=True).focus()
+        await page.keyboard.press("Enter")
+        await expect(page.locator("#job-state")).to_have_text("cancelled")
+        await expect(page.get_by_role("button", name="Cancel", exact=True)).to_be_hidden()
+    finally:
+        await gateway.kill()

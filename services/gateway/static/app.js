@@ -137,19 +137,31 @@ function showCreateError(error) {
   if (first) first.focus();
 }
 
+// Words for a wait reason when the server sends no `detail` of its own.
+const WAIT_WORDS = {
+  WAIT_REASON_NO_WORKER: "waiting for a worker",
+  WAIT_REASON_OWNER_LIMIT: "waiting for one of your running jobs to end",
+  WAIT_REASON_RETRY_BACKOFF: "retrying soon",
+};
+
+function secondsUntil(time) {
+  return Math.max(0, Math.round((Date.parse(time) - Date.now()) / 1000));
+}
+
+// A queued job's QueueStatus (Job.queue, or a `position` event): where it stands and when
+// it should start and end. Proto JSON leaves zero values out: no `jobs_ahead` means 0.
 function renderQueue(queue) {
   if (!queue) { $("job-queue").textContent = ""; return; }
   const parts = [];
-  if (queue.jobs_ahead !== undefined || queue.reason) parts.push(`position ${(queue.jobs_ahead || 0) + 1}`);
-  if (queue.estimated_start_time) {
-    const seconds = Math.max(0, Math.round((Date.parse(queue.estimated_start_time) - Date.now()) / 1000));
-    parts.push(`starts in about ${seconds} s`);
+  const reason = queue.reason || "";
+  if (reason === "WAIT_REASON_QUEUED" || (!reason && queue.jobs_ahead !== undefined)) {
+    parts.push(`position ${(queue.jobs_ahead || 0) + 1}`);
   }
-  if (queue.estimated_finish_time) {
-    const seconds = Math.max(0, Math.round((Date.parse(queue.estimated_finish_time) - Date.now()) / 1000));
-    parts.push(`done in about ${seconds} s`);
-  }
-  if (queue.detail) parts.push(queue.detail);
+  if (queue.estimated_start_time) parts.push(`starts in about ${secondsUntil(queue.estimated_start_time)} s`);
+  const end = queue.estimated_end_time || queue.estimated_finish_time;
+  if (end) parts.push(`done in about ${secondsUntil(end)} s`);
+  const words = queue.detail || WAIT_WORDS[reason];
+  if (words) parts.push(words);
   $("job-queue").textContent = parts.length ? `(${parts.join(", ")})` : "";
 }
 

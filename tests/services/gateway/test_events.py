@@ -7,9 +7,11 @@ import json
 import time
 
 import httpx
+import pytest
 import redis.asyncio
 import websockets
 
+from darkroom.v1 import events_service_pb2
 from tests.clients.conftest import GatedPipeline
 from tests.services.gateway.conftest import Front, FrontFactory, spec
 from tests.services.gateway.sse import Reading, Sse, events
@@ -263,3 +265,25 @@ async def test_a_stopping_gateway_closes_websockets_with_service_restart(
         messages = [json.loads(message) async for message in ws]
         assert ws.close_code == 1000
     assert "succeeded" in messages[-1]
+
+
+@pytest.mark.skipif(
+    "position" not in events_service_pb2.JobEvent.DESCRIPTOR.fields_by_name,
+    reason="the contract has no position events yet",
+)
+async def test_kinds_the_gateway_does_not_know_pass_through(make_front: FrontFactory) -> None:
+    # `position` (queue status, live only) is named nowhere in the gateway: it arrives as
+    # the contract says, under its kind's name, and without an id (it is no resume point).
+    front = await make_front(generator=False)
+    async with front.http() as http:
+        job_id = await _submit(front, http)
+        assert "queue" in (await http.get(f"/v1/jobs/{job_id}")).json()
+        reading = Reading()
+        async with http.stream("GET", f"/v1/jobs/{job_id}/events") as response:
+            async with asyncio.timeout(10):
+                async for event in events(response, reading):
+                    if event.event == "position":
+                        break
+    position = reading.events[-1]
+    assert position.id is None
+    assert position.data["position"]["queue"]["reason"] == "WAIT_REASON_NO_WORKER"
