@@ -3,7 +3,7 @@ anything is written.
 
 - `SubmitAdmission` (Jobs): one script a submit, by the Redis clock, checks the model's
   queue against `DARKROOM_MODEL_MAX_QUEUED`, the owner's queued jobs (over every model:
-  its lines, less the messages workers hold) against `max_queued`, then takes a token
+  its lines) against `max_queued`, then takes a token
   from its bucket (`submit_rate`, `submit_burst`); a refusal takes no token.
 - `WatchAdmission` (Events): the owner's open WatchJob streams over every Events process
   against `max_watches`. Each process counts its own streams under a token of its own,
@@ -45,8 +45,8 @@ WATCHES_RETRY = timedelta(seconds=5)
 HOLDER_RENEW = timedelta(seconds=5)
 HOLDER_TTL = timedelta(seconds=20)
 
-# KEYS: the model's queue, the owner's bucket, the owner's running set, then the owner's
-# line in every model's queue.
+# KEYS: the model's queue, the owner's bucket, then the owner's line in every model's
+# queue (lines hold only waiting messages).
 # ARGV: model cap, owner's max queued, rate (per s), burst.
 # Answers {"ok"} or {limit, retry after (ms)}.
 SUBMIT_SCRIPT = """
@@ -58,8 +58,8 @@ if model_cap > 0 and redis.call('ZCARD', KEYS[1]) >= model_cap then
   return {'model_max_queued', -1}
 end
 if most_queued > 0 then
-  local queued = -redis.call('ZCARD', KEYS[3])
-  for i = 4, #KEYS do queued = queued + redis.call('ZCARD', KEYS[i]) end
+  local queued = 0
+  for i = 3, #KEYS do queued = queued + redis.call('ZCARD', KEYS[i]) end
   if queued >= most_queued then return {'max_queued', -1} end
 end
 if rate > 0 then
@@ -119,7 +119,6 @@ class SubmitAdmission:
         keys = [
             settings.queue_for(model),
             self._keys.submit_bucket(owner),
-            self._keys.running(owner),
             *(Keys.owner_line(settings.queue_for(name), owner) for name in settings.models),
         ]
         args = [settings.model_max_queued, policy.max_queued, policy.submit_rate, policy.burst]

@@ -55,27 +55,39 @@ log = structlog.get_logger("darkroom.generator")
 
 # Takes the next message by the queue's fair order (`darkroom.scheduling`), atomically and
 # by the Redis clock, and counts the take; else answers how many ids it removed for having
-# no message behind them (look again at once). Owners are looked at in turn order (lowest
-# virtual time first); an owner at its running limit is passed over; in its line, the
-# first message that is due and that no one holds is taken, and the owner's turn moves on
-# by its step (`scheduling.step`) from the queue's clock. Messages outside every line (enqueued before
-# fair share) are taken after, oldest due first, as plain arq would. A message taken more
+# no message behind them, or put back in their lines (look again at once). Owners are
+# looked at in turn order (lowest virtual time first); one at its running limit is parked
+# (out of the turns, its virtual time kept) until a message of its ends; in its line,
+# which holds only messages no one holds, the first one due is taken: it leaves the line
+# for the owner's running set, and the owner's turn moves on by its step from the
+# queue's clock; an owner with nothing due sleeps (out of the turns) until its soonest
+# message is. Then, with nothing fair to take, the queue's own due ids: a message whose
+# hold ran out (its worker died) goes back to its line; one outside every line (enqueued
+# before fair share) is taken, oldest due first, as plain arq would. A message taken more
 # than `most` times without finishing (its handling kills the worker, or keeps failing)
 # is poison: it is moved to the dead letters with the reason, never taken again, and
 # answered so the job can be told.
 # KEYS: the queue, its delivery counts, its dead letters, its turns, its clock, its
-# message owners, the policies.
+# message owners, the policies, its parked owners, its sleeping owners.
 # ARGV: in-progress key prefix, message key prefix, hold (ms), batch, most deliveries,
 # owner-line prefix, running prefix, owners per take, line per take, band (ms), the
 # step of an owner without a recorded policy.
 # Answers {"taken", id, message, count}, or {"none", removed} plus the id and message of
-# the one it has just set aside, if any (then the caller looks again).
+# the one it has just set aside, if any (then the caller looks again), or {"again", 0}
+# when it only changed the turns (look again at once).
 # (Keys are built in the script: fine on one Redis, not on a Redis Cluster.)
 TAKE_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local hold = tonumber(ARGV[3])
 local reply = {'none', 0}
+local again = false  -- the turns changed: look again at once
+
+local function owned(id)  -- the message's order and owner, if it has one
+  local value = redis.call('HGET', KEYS[6], id)
+  if not value then return nil, nil end
+  return string.match(value, '^(%d+) (.*)$')
+end
 
 local function forget(id, owner)
   redis.call('ZREM', KEYS[1], id)
@@ -87,12 +99,28 @@ local function forget(id, owner)
   end
 end
 
+local function policy(owner)  -- its step and running limit
+  local value = redis.call('HGET', KEYS[7], owner) or (ARGV[11] .. ' 0')
+  local step, most = string.match(value, '(%S+) (%S+)')
+  return tonumber(step) or tonumber(ARGV[11]), tonumber(most) or 0
+end
+
+local function at_limit(owner, most)
+  if most <= 0 then return false end
+  local running = ARGV[7] .. owner
+  redis.call('ZREMRANGEBYSCORE', running, '-inf', now)
+  return redis.call('ZCARD', running) >= most
+end
+
 -- Count a take of a message that has one; nil if it has turned poison (set aside).
 local function take(id, message, owner)
   local count = redis.call('HINCRBY', KEYS[2], id, 1)
   if count <= tonumber(ARGV[5]) then
     redis.call('PSETEX', ARGV[1] .. id, hold, '1')
-    if owner then redis.call('ZADD', ARGV[7] .. owner, now + hold, id) end
+    if owner then
+      redis.call('ZREM', ARGV[6] .. owner, id)
+      redis.call('ZADD', ARGV[7] .. owner, now + hold, id)
+    end
     return {'taken', id, message, count}
   end
   local reason = 'taken ' .. (count - 1) .. ' times without finishing'
@@ -104,53 +132,85 @@ local function take(id, message, owner)
   return nil
 end
 
+-- Owners parked at their limit whose running count has dropped take their turns again
+-- (a few a take: their jobs may have ended on another model's queue).
+local parked = redis.call('ZRANGE', KEYS[8], 0, 7, 'WITHSCORES')
+for i = 1, #parked, 2 do
+  local _, most = policy(parked[i])
+  if not at_limit(parked[i], most) then
+    redis.call('ZREM', KEYS[8], parked[i])
+    redis.call('ZADD', KEYS[4], 'GT', parked[i + 1], parked[i])
+  end
+end
+
 local clock = tonumber(redis.call('GET', KEYS[5]) or '0')
+-- Owners whose every waiting message was backing off, and whose soonest is due now.
+local woken = redis.call('ZRANGEBYSCORE', KEYS[9], '-inf', now, 'LIMIT', 0, 64)
+for _, owner in ipairs(woken) do
+  redis.call('ZREM', KEYS[9], owner)
+  redis.call('ZADD', KEYS[4], 'GT', clock, owner)
+end
+
 local turns = redis.call('ZRANGE', KEYS[4], 0, tonumber(ARGV[8]) - 1, 'WITHSCORES')
 for i = 1, #turns, 2 do
   local owner, vtime = turns[i], tonumber(turns[i + 1])
   local line = ARGV[6] .. owner
   local entries = redis.call('ZRANGE', line, 0, tonumber(ARGV[9]) - 1, 'WITHSCORES')
+  local step, most = policy(owner)
   if #entries == 0 then
-    redis.call('ZREM', KEYS[4], owner)  -- no work left: it re-enters at the clock
+    redis.call('ZREM', KEYS[4], owner)  -- nothing waits: it re-enters at the clock
+  elseif at_limit(owner, most) then
+    redis.call('ZREM', KEYS[4], owner)
+    redis.call('ZADD', KEYS[8], vtime, owner)
   else
-    local policy = redis.call('HGET', KEYS[7], owner) or (ARGV[11] .. ' 0')
-    local step, most_running = string.match(policy, '(%S+) (%S+)')
-    step, most_running = tonumber(step) or tonumber(ARGV[11]), tonumber(most_running) or 0
-    local running = ARGV[7] .. owner
-    local blocked = false
-    if most_running > 0 then
-      redis.call('ZREMRANGEBYSCORE', running, '-inf', now)
-      blocked = redis.call('ZCARD', running) >= most_running
-    end
-    if not blocked then
-      for j = 1, #entries, 2 do
-        local id, order = entries[j], tonumber(entries[j + 1])
-        if order % tonumber(ARGV[10]) <= now and redis.call('EXISTS', ARGV[1] .. id) == 0 then
-          local message = redis.call('GET', ARGV[2] .. id)
-          if not message then
-            forget(id, owner)
-            reply[2] = reply[2] + 1
-          else
-            local taken = take(id, message, owner)
-            if not taken then return reply end
-            local start = math.max(vtime, clock)
-            redis.call('ZADD', KEYS[4], string.format('%.0f', start + step), owner)
-            if start > clock then redis.call('SET', KEYS[5], string.format('%.0f', start)) end
-            return taken
-          end
+    local soonest, any_due = nil, false
+    for j = 1, #entries, 2 do
+      local id, order = entries[j], tonumber(entries[j + 1])
+      local due = order % tonumber(ARGV[10])
+      if due > now then
+        soonest = math.min(soonest or due, due)
+      elseif redis.call('EXISTS', ARGV[1] .. id) == 1 then
+        any_due = true
+      else
+        local message = redis.call('GET', ARGV[2] .. id)
+        if not message then
+          forget(id, owner)
+          reply[2] = reply[2] + 1
+        else
+          local taken = take(id, message, owner)
+          if not taken then return reply end
+          local start = math.max(vtime, clock)
+          redis.call('ZADD', KEYS[4], string.format('%.0f', start + step), owner)
+          if start > clock then redis.call('SET', KEYS[5], string.format('%.0f', start)) end
+          return taken
         end
       end
+    end
+    if soonest and not any_due then
+      -- Nothing of its is due: out of the turns until its soonest is, so that owners
+      -- backing off, however many, never hide the work of others.
+      redis.call('ZREM', KEYS[4], owner)
+      redis.call('ZADD', KEYS[9], soonest, owner)
+      again = true
     end
   end
 end
 
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
 for _, id in ipairs(ids) do
-  if redis.call('HEXISTS', KEYS[6], id) == 0 and redis.call('EXISTS', ARGV[1] .. id) == 0 then
+  if redis.call('EXISTS', ARGV[1] .. id) == 0 then
+    local order, owner = owned(id)
     local message = redis.call('GET', ARGV[2] .. id)
     if not message then
-      forget(id, nil)
+      forget(id, owner)
       reply[2] = reply[2] + 1
+    elseif owner then
+      -- Held by a worker that died: back in its line (a no-op if it waits there already).
+      if redis.call('ZADD', ARGV[6] .. owner, 'NX', order, id) == 1 then
+        redis.call('ZREM', ARGV[7] .. owner, id)
+        redis.call('ZADD', KEYS[4], 'GT', clock, owner)
+        again = true
+      end
     else
       local taken = take(id, message, nil)
       if not taken then return reply end
@@ -158,6 +218,7 @@ for _, id in ipairs(ids) do
     end
   end
 end
+if again and #reply == 2 and reply[2] == 0 then return {'again', 0} end
 return reply
 """
 # The wait until the next delayed message falls due, by the Redis clock (ms; -1: none).
@@ -270,6 +331,8 @@ class Consumer:
             kind = _text(reply[0])
             if kind == "taken":
                 return Taken(_text(reply[1]), reply[2], int(reply[3]))
+            if kind == "again":  # owners were put to sleep, or a lost hold restored
+                continue
             removed, dead = int(reply[1]), reply[2:]
             for index in range(0, len(dead), 2):
                 message_id = _text(dead[index])
@@ -293,6 +356,8 @@ class Consumer:
                     Keys.clock(queue),
                     Keys.message_owners(queue),
                     self._keys.policies,
+                    Keys.parked(queue),
+                    Keys.sleeping(queue),
                 ],
                 args=[
                     in_progress_key_prefix,

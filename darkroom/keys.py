@@ -78,8 +78,8 @@ class Keys:
 
     @staticmethod
     def owner_line(queue: str, owner: str) -> str:
-        """One owner's messages in a queue, in the order they start (a sorted set:
-        priority, then age)."""
+        """One owner's messages in a queue that wait (no worker holds them), in the order
+        they start (a sorted set: priority, then age)."""
         return f"{Keys.owner_lines(queue)}{owner}"
 
     @staticmethod
@@ -89,8 +89,21 @@ class Keys:
 
     @staticmethod
     def message_owners(queue: str) -> str:
-        """Whose each message of a queue is (a hash: message id -> owner)."""
+        """Whose each message of a queue is, and its place in its owner's line (a hash:
+        message id -> "order owner")."""
         return f"{queue}:owners"
+
+    @staticmethod
+    def sleeping(queue: str) -> str:
+        """Owners of a queue whose waiting messages are all backing off (a sorted set:
+        owner -> when the soonest is due, ms), out of the turns until then."""
+        return f"{queue}:sleeping"
+
+    @staticmethod
+    def parked(queue: str) -> str:
+        """Owners of a queue at their running limit (a sorted set: owner -> its virtual
+        time), out of the turns until one of their jobs ends."""
+        return f"{queue}:parked"
 
     @property
     def policies(self) -> str:

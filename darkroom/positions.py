@@ -27,11 +27,13 @@ from darkroom.capacity import Capacity, WorkerRecord
 from darkroom.config import Settings
 from darkroom.keys import Keys
 from darkroom.models import JobRecord
+from darkroom.queue import in_progress_key
 from darkroom.scheduling import OwnerTurn, Turns
 from darkroom.v1 import job_pb2
 
 # Every owner of a queue's round, as the take script sees them: the clock, then per owner
-# its virtual time, policy ("step max_running"), messages in its line and held ones.
+# its virtual time, policy ("step max_running"), messages in its line (waiting ones only)
+# and held ones.
 # KEYS: turns, clock, policies. ARGV: owner-line prefix, running prefix.
 SNAPSHOT_SCRIPT = """
 local reply = {redis.call('GET', KEYS[2]) or '0'}
@@ -119,7 +121,7 @@ class QueueView:
         for i in range(1, len(reply), 5):
             owner = _text(reply[i])
             step = int(_text(reply[i + 2]).split()[0])
-            waiting = max(0, int(reply[i + 3]) - int(reply[i + 4]))
+            waiting = int(reply[i + 3])
             owners.append(OwnerTurn(owner, max(int(float(reply[i + 1])), clock), step, waiting))
         return Turns.of(clock, owners)
 
@@ -135,16 +137,21 @@ class QueueView:
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zrank(Keys.owner_line(queue, job.owner), message_id)
             pipe.zcard(self._keys.running(job.owner))
-            rank, running = await pipe.execute()
+            pipe.exists(in_progress_key(message_id))
+            rank, running, taken = await pipe.execute()
         turns = await self.turns(job.model)
         capacity = await self.model_capacity(job.model)
         policy = self._settings.policy_for(job.owner)
         now = datetime.now(UTC)
         status = job_pb2.QueueStatus(workers=len(capacity.workers))
+        if rank is None and taken:  # a worker took it and is claiming it
+            status.reason = job_pb2.WAIT_REASON_QUEUED
+            status.detail = "starting"
+            return status
         if rank is None:  # not in its line: Redis lost it, or it is being enqueued
             status.detail = "its place in the queue is being restored"
             return status
-        ahead = turns.jobs_ahead(job.owner, max(0, int(rank) - int(running)))
+        ahead = turns.jobs_ahead(job.owner, int(rank))
         status.jobs_ahead = ahead
         if job.run_after > now:
             status.reason = job_pb2.WAIT_REASON_RETRY_BACKOFF

@@ -93,8 +93,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local due = now + tonumber(ARGV[3])
 redis.call('PSETEX', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), ARGV[2])
 redis.call('ZADD', KEYS[3], due, ARGV[4])
-redis.call('ZADD', KEYS[7], tonumber(ARGV[6]) + math.max(tonumber(ARGV[7]), due), ARGV[4])
-redis.call('HSET', KEYS[8], ARGV[4], ARGV[5])
+local order = string.format('%.0f', tonumber(ARGV[6]) + math.max(tonumber(ARGV[7]), due))
+redis.call('ZADD', KEYS[7], order, ARGV[4])
+redis.call('HSET', KEYS[8], ARGV[4], order .. ' ' .. ARGV[5])
 redis.call('ZADD', KEYS[5], 'GT', tonumber(redis.call('GET', KEYS[6]) or '0'), ARGV[5])
 redis.call('HSET', KEYS[9], ARGV[5], ARGV[8])
 if ARGV[9] ~= '' then
@@ -110,32 +111,51 @@ redis.call('PEXPIRE', KEYS[4], 60000)
 return 1
 """
 # Forget a message everywhere (it ran, was set aside, or is being re-enqueued): arq's
-# keys, the queue, its owner's line and running set, its delivery count.
-# KEYS: queue, message owners, deliveries. ARGV: message id, owner-line prefix, running
-# prefix, then arq's key prefixes to delete (in progress, retry, job).
+# keys, the queue, its owner's line and running set, its delivery count; an owner parked
+# at its running limit takes its turns again.
+# KEYS: queue, message owners, deliveries, turns, parked. ARGV: message id, owner-line
+# prefix, running prefix, then arq's key prefixes to delete (in progress, retry, job).
 FORGET_SCRIPT = """
-local owner = redis.call('HGET', KEYS[2], ARGV[1])
-if owner then
+local value = redis.call('HGET', KEYS[2], ARGV[1])
+if value then
+  local owner = string.match(value, '^%d+ (.*)$')
   redis.call('ZREM', ARGV[2] .. owner, ARGV[1])
   redis.call('ZREM', ARGV[3] .. owner, ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
+  local vtime = redis.call('ZSCORE', KEYS[5], owner)
+  if vtime then
+    redis.call('ZREM', KEYS[5], owner)
+    redis.call('ZADD', KEYS[4], 'GT', vtime, owner)
+  end
 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 for i = 4, #ARGV do redis.call('DEL', ARGV[i] .. ARGV[1]) end
 return 1
 """
-# Hand a taken message back (it stays in its owner's line): no longer in progress nor
-# counted as running; `uncount` also takes back the delivery it was counted as.
-# KEYS: message owners, deliveries. ARGV: message id, running prefix, in-progress prefix,
-# uncount ("1" or "0").
+# Hand a taken message back: into its owner's line again, out of its running set, no
+# longer in progress; `uncount` also takes back the delivery it was counted as.
+# KEYS: message owners, deliveries, turns, parked, clock. ARGV: message id, owner-line
+# prefix, running prefix, in-progress prefix, uncount ("1" or "0").
 RELEASE_SCRIPT = """
-local owner = redis.call('HGET', KEYS[1], ARGV[1])
-if owner then redis.call('ZREM', ARGV[2] .. owner, ARGV[1]) end
-redis.call('DEL', ARGV[3] .. ARGV[1])
-if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[2], ARGV[1], -1) end
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if value then
+  local order, owner = string.match(value, '^(%d+) (.*)$')
+  redis.call('ZREM', ARGV[3] .. owner, ARGV[1])
+  redis.call('ZADD', ARGV[2] .. owner, order, ARGV[1])
+  local vtime = redis.call('ZSCORE', KEYS[4], owner)
+  if vtime then redis.call('ZREM', KEYS[4], owner) end
+  redis.call('ZADD', KEYS[3], 'GT', vtime or redis.call('GET', KEYS[5]) or '0', owner)
+end
+redis.call('DEL', ARGV[4] .. ARGV[1])
+if ARGV[5] == '1' then redis.call('HINCRBY', KEYS[2], ARGV[1], -1) end
 return 1
 """
+
+
+def in_progress_key(message_id: str) -> str:
+    """The key that marks a message as taken by a worker (arq's layout)."""
+    return in_progress_key_prefix + message_id
 
 
 def serialize(message: dict[str, Any]) -> bytes:
@@ -330,10 +350,12 @@ async def forget(
         Awaitable[int],
         redis.eval(
             FORGET_SCRIPT,
-            3,
+            5,
             queue,
             Keys.message_owners(queue),
             Keys.deliveries(queue),
+            Keys.turns(queue),
+            Keys.parked(queue),
             message_id,
             Keys.owner_lines(queue),
             keys.running_prefix,
@@ -350,10 +372,14 @@ async def release(
         Awaitable[int],
         redis.eval(
             RELEASE_SCRIPT,
-            2,
+            5,
             Keys.message_owners(queue),
             Keys.deliveries(queue),
+            Keys.turns(queue),
+            Keys.parked(queue),
+            Keys.clock(queue),
             message_id,
+            Keys.owner_lines(queue),
             keys.running_prefix,
             in_progress_key_prefix,
             "1" if uncount else "0",

@@ -178,3 +178,44 @@ async def test_positions_match_the_order_jobs_are_taken_in(
                 predicted[job_id] = status.jobs_ahead
     taken = await _take(arq_redis, weighted, len(predicted))
     assert {job_id: taken.index(job_id) for job_id in predicted} == predicted
+
+
+async def test_owners_backing_off_never_hide_the_work_of_others(
+    scoped: Settings, arq_redis: queue.QueueRedis
+) -> None:
+    jobs = queue.JobQueue(arq_redis, scoped)
+    async with arq_redis.pipeline(transaction=False) as pipe:  # 600 owners, all retrying later
+        for index in range(600):
+            job_id = uuid_utils.uuid7()
+            owner = f"owner-{index:03d}"
+            jobs.enqueue_in(pipe, job_id, 1, MODEL, owner=owner, delay=timedelta(hours=1))
+        await pipe.execute()
+    [due] = await _enqueue(jobs, "zoe", 1)  # sorts after every one of them
+    assert await _take(arq_redis, scoped, 1) == [due]
+
+
+async def test_a_message_whose_worker_died_goes_back_to_its_line(
+    scoped: Settings, arq_redis: queue.QueueRedis
+) -> None:
+    jobs = queue.JobQueue(arq_redis, scoped)
+    [job_id] = await _enqueue(jobs, "alice", 1)
+    doomed = Taker(hold=True)
+    dying = Consumer(
+        arq_redis,
+        scoped.queue_for(MODEL),
+        doomed,
+        hold=timedelta(milliseconds=300),  # its hold runs out while it "hangs"
+        poll_delay=timedelta(seconds=0.1),
+        keys=scoped.keys,
+    )
+    hung = asyncio.create_task(dying.run())
+    try:
+        await doomed.until(1)
+        view = QueueView(arq_redis, scoped, max_age=0)
+        queued = QueuedJob(job_id, "alice", MODEL, 0, datetime.now(UTC) - timedelta(seconds=1))
+        assert (await view.status(queued)).detail == "starting"  # held: out of its line
+        await asyncio.sleep(0.4)
+        assert await _take(arq_redis, scoped, 1) == [job_id]  # taken again by another
+    finally:
+        hung.cancel()
+        await asyncio.gather(hung, return_exceptions=True)
