@@ -26,7 +26,6 @@ priority, id, run_after), so the reconciler's re-enqueue after a Redis flush reb
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field

@@ -44,7 +44,7 @@ def _owners(count: int, rng: random.Random, most: int) -> list[OwnerTurn]:
 
 
 def test_positions_are_the_order_jobs_start_in() -> None:
-    rng = random.Random(7)
+    rng = random.Random(7)  # noqa: S311 - a seeded simulation, not cryptography
     for _ in range(300):
         owners = _owners(rng.randint(1, 8), rng, 6)
         turns = Turns.of(0, owners)
@@ -53,7 +53,7 @@ def test_positions_are_the_order_jobs_start_in() -> None:
 
 
 def test_positions_are_exact_among_many_owners_too() -> None:
-    rng = random.Random(11)
+    rng = random.Random(11)  # noqa: S311 - a seeded simulation, not cryptography
     owners = _owners(300, rng, 40)
     turns = Turns.of(0, owners)
     order = _simulate(owners, 0)
