@@ -12,6 +12,7 @@ from datetime import timedelta
 
 import redis.asyncio
 
+from bench import fairness
 from bench.context import Context
 from bench.stats import Figure, Goal, Section, mean, percentile
 from darkroom import db, queue
@@ -122,6 +123,7 @@ async def run(ctx: Context) -> Section:
             label,
         ),
     ]
+    await _deep(ctx, section, ours)
     section.notes.append(
         "In-process `darkroom.services.generator.worker.start` with "
         "`FakePipeline(step_seconds=0)`, one job at a time (enqueued directly with "
@@ -130,3 +132,64 @@ async def run(ctx: Context) -> Section:
         "after its claim commits."
     )
     return section
+
+
+async def _deep(ctx: Context, section: Section, empty: list[float]) -> None:
+    """The fair queue at depth: its take against the FIFO take it replaced, an idle
+    worker's pickup beside a backlog, and the cost of a queue position."""
+    backlog = 10_000 if ctx.options.quick else 100_000
+    takes = 100 if ctx.options.quick else 300
+    owners = f"{backlog:,} queued across {fairness.OWNERS:,} owners"
+    fair_settings = ctx.env.settings("pickup-fair")
+    ctx.say(f"pickup: filling the fair queue, {owners}")
+    made = await fairness.fill(fair_settings, backlog)
+    position = await fairness.positions(fair_settings, made, takes)
+    snapshot = await fairness.snapshot_seconds(fair_settings)
+    fair = await fairness.fair_takes(fair_settings, takes)
+    ctx.say(f"pickup: the FIFO take with {backlog:,} queued in one set")
+    fifo = await fairness.fifo_takes(ctx.env.settings("pickup-fifo"), backlog, takes)
+    # An idle worker: the backlog is all backing off (due in an hour), a new job comes in.
+    deep_settings = ctx.env.settings("pickup-deep", worker_id="bench-pickup-deep")
+    ctx.say(f"pickup: an idle worker beside {owners}, all backing off")
+    await fairness.fill(deep_settings, backlog, delay=timedelta(hours=1))
+    deep = await _samples(deep_settings, ctx.options.pickup_samples)
+    section.figures += [
+        Figure(
+            "pickup",
+            f"take script round trip, p50 ({owners})",
+            "ms",
+            percentile(fair, 50) * 1000,
+            percentile(fifo, 50) * 1000,
+            f"the FIFO take script it replaced, {backlog:,} queued in one set",
+            details={"fair_ms": [round(t * 1000, 3) for t in fair]},
+        ),
+        Figure(
+            "pickup",
+            f"enqueue → started, p50, idle worker beside {owners}",
+            "ms",
+            percentile(deep, 50) * 1000,
+            percentile(empty, 50) * 1000,
+            "the same worker with an empty queue (the first figure)",
+            goals=[Goal("p50 <= 10 ms", 10.0)],
+            details={"deep_ms": [round(t * 1000, 3) for t in deep]},
+        ),
+        Figure(
+            "pickup",
+            f"queue position of a queued job, p50 ({owners})",
+            "ms",
+            percentile(position, 50) * 1000,
+            percentile(fair, 50) * 1000,
+            "one take at the same depth",
+            details={"snapshot_ms": round(snapshot * 1000, 3)},
+        ),
+    ]
+    section.notes.append(
+        f"Fair queue at depth: {owners} (fake job ids, no rows). The take is timed by "
+        "`Consumer._take` alone (one script), each followed by its finish; the baseline "
+        "runs the FIFO script this project used before fair share "
+        "(`bench.fairness.FIFO_TAKE_SCRIPT`) on a set of the same size. A position is "
+        "`QueueView.status`: the job's rank in its owner's line (a sorted set) and a sum "
+        "over the owners of a snapshot of the round, read once a second "
+        f"(one read: {snapshot * 1000:.1f} ms here). The idle-worker pickup is the first "
+        "figure's measurement with the whole backlog backing off beside it."
+    )
