@@ -9,6 +9,7 @@ on UNAVAILABLE. `watch` resumes by itself from the last event it yielded.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
@@ -157,17 +158,21 @@ class AsyncDarkroomClient:
         self,
         *,
         state: jobs.JobStateValue | str | None = None,
+        priority: int | None = None,
         page_size: int = 0,
         page_token: str = "",
         timeout: float | None = None,  # noqa: ASYNC109 - the gRPC deadline
     ) -> jobs_service_pb2.ListJobsResponse:
         """One page of the caller's jobs, newest first; pass `next_page_token` on for more.
 
-        `state` filters by state: a `JobState` value or a name such as `"queued"`.
+        `state` filters by state: a `JobState` value or a name such as `"queued"`;
+        `priority` by priority (-10 to 10).
         """
         request = jobs_service_pb2.ListJobsRequest(
             page_size=page_size, page_token=page_token, state=jobs.parse_state(state)
         )
+        if priority is not None:
+            request.priority = priority
         deadline = self._deadline(timeout)
 
         async def attempt(_: int) -> jobs_service_pb2.ListJobsResponse:
@@ -176,6 +181,23 @@ class AsyncDarkroomClient:
             )
 
         return await with_retries(attempt, policy=self.retry, retry_on=IDEMPOTENT)
+
+    async def list_models(
+        self,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - the gRPC deadline
+    ) -> builtins.list[jobs_service_pb2.ModelStatus]:
+        """Every model the server accepts: its live workers (busy, idle), queued and
+        running jobs, and recent median run time."""
+        request = jobs_service_pb2.ListModelsRequest()
+        deadline = self._deadline(timeout)
+
+        async def attempt(_: int) -> jobs_service_pb2.ListModelsResponse:
+            return await self._jobs_stub.ListModels(
+                request, metadata=self._metadata, timeout=deadline
+            )
+
+        return list((await with_retries(attempt, policy=self.retry, retry_on=IDEMPOTENT)).models)
 
     async def cancel(
         self,

@@ -20,7 +20,7 @@ from darkroom.v1 import events_service_pb2
 from darkroom_client import jobs
 from darkroom_client.aio import AsyncDarkroomClient
 from darkroom_client.cli_generate import generate
-from darkroom_client.cli_output import print_json, show_job, when
+from darkroom_client.cli_output import print_json, show_job, show_models, when
 from darkroom_client.cli_parser import EPILOG, build_parser, spec_of
 from darkroom_client.defaults import TLSSettingsError
 from darkroom_client.errors import DarkroomError, InvalidArgument, JobEnded, JobFailed
@@ -49,6 +49,34 @@ async def _watch(client: AsyncDarkroomClient, args: argparse.Namespace) -> int:
     return state_exit_code(final.state) if final is not None else EXIT_OK
 
 
+async def _list(client: AsyncDarkroomClient, args: argparse.Namespace) -> int:
+    page = await client.list(
+        state=args.state,
+        priority=args.priority,
+        page_size=args.page_size,
+        page_token=args.page_token,
+    )
+    if args.json:
+        print_json(page)
+        return EXIT_OK
+    for job in page.jobs:
+        created = when(job, "create_time")
+        state = jobs.state_name(job.state)
+        print(f"{job.id}  {state:<9}  {created}  {job.spec.prompt[:60]}")
+    if page.next_page_token:
+        print(f"more: --page-token {page.next_page_token}", file=sys.stderr)
+    return EXIT_OK
+
+
+async def _models(client: AsyncDarkroomClient, args: argparse.Namespace) -> int:
+    models = await client.list_models()
+    if args.json:
+        print_json({"models": [json_format.MessageToDict(model) for model in models]})
+    else:
+        show_models(models)
+    return EXIT_OK
+
+
 async def _run(args: argparse.Namespace) -> int:
     async with AsyncDarkroomClient(
         args.jobs, args.events, token=args.token, timeout=args.timeout
@@ -58,19 +86,9 @@ async def _run(args: argparse.Namespace) -> int:
         if args.command == "watch":
             return await _watch(client, args)
         if args.command == "list":
-            page = await client.list(
-                state=args.state, page_size=args.page_size, page_token=args.page_token
-            )
-            if args.json:
-                print_json(page)
-                return EXIT_OK
-            for job in page.jobs:
-                created = when(job, "create_time")
-                state = jobs.state_name(job.state)
-                print(f"{job.id}  {state:<9}  {created}  {job.spec.prompt[:60]}")
-            if page.next_page_token:
-                print(f"more: --page-token {page.next_page_token}", file=sys.stderr)
-            return EXIT_OK
+            return await _list(client, args)
+        if args.command == "models":
+            return await _models(client, args)
         if args.command == "submit":
             job = await client.submit(
                 args.prompt, queue_timeout=args.queue_timeout, **spec_of(args)

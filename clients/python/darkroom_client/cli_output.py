@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from darkroom.v1 import job_pb2
+from darkroom.v1 import job_pb2, jobs_service_pb2
 from darkroom_client import jobs
+from darkroom_client.progress import queue_status
 
 
 def say(message: str) -> None:
@@ -47,9 +49,24 @@ def show_job(job: job_pb2.Job) -> None:
     ]
     if spec.negative_prompt:
         lines.insert(3, ("negative", spec.negative_prompt))
+    if job.HasField("queue"):
+        lines.insert(2, ("queue", queue_status(job.queue, datetime.now(UTC))))
     if job.HasField("error"):
         lines.append(("error", f"{job.error.message} (code {job.error.code})"))
     lines += [(f"output {output.index}", output.uri) for output in job.outputs]
     width = max(len(label) for label, _ in lines)
     for label, value in lines:
         print(f"{label:<{width}}  {value}")
+
+
+def show_models(models: list[jobs_service_pb2.ModelStatus]) -> None:
+    """One line a model: its workers, its queue, its recent median run time."""
+    print(f"{'MODEL':<24} {'WORKERS':>7} {'BUSY':>4} {'IDLE':>4} {'QUEUED':>7} {'RUNNING':>7}  RUN")
+    for model in models:
+        run = "-"
+        if model.HasField("median_run_duration"):
+            run = f"{model.median_run_duration.ToTimedelta().total_seconds():.1f}s"
+        print(
+            f"{model.model:<24} {len(model.workers):>7} {model.busy_workers:>4} "
+            f"{model.idle_workers:>4} {model.queued_jobs:>7} {model.running_jobs:>7}  {run}"
+        )

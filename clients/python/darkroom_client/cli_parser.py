@@ -136,8 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = command("list", "list your jobs, newest first")
     listing.add_argument("--state", choices=list(jobs.STATE_NAMES), help="only jobs in this state")
+    listing.add_argument("--priority", type=int, help="only jobs of this priority (-10 to 10)")
     listing.add_argument("--page-size", type=int, default=0, metavar="N", help="jobs per page")
     listing.add_argument("--page-token", default="", help="the token that ended the last page")
+
+    command("models", "show each model's workers (busy, idle), queued and running jobs")
 
     cancel = command("cancel", "cancel a job")
     cancel.add_argument("job_id", metavar="JOB_ID")

@@ -11,7 +11,7 @@ A job that ends badly is not an RPC error: `generate` raises `JobFailed` or
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -113,9 +113,23 @@ class Unauthenticated(DarkroomError):
 
 
 class ResourceExhausted(DarkroomError):
-    """The request is too large, or a limit was reached."""
+    """The request is too large, or a limit was reached: `quota` says which (subject, such
+    as `owner:alice` -> the limit), `retry_after` how many seconds to wait first (None
+    when the server did not say)."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        quota: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
+        **rest: Any,
+    ) -> None:
+        super().__init__(message, **rest)
+        self.quota: dict[str, str] = dict(quota or {})
+        self.retry_after = retry_after
 
 
 class Unavailable(DarkroomError):
@@ -191,6 +205,8 @@ def from_rpc_error(error: grpc.RpcError) -> DarkroomError:
     code: grpc.StatusCode = getattr(error, "code", lambda: grpc.StatusCode.UNKNOWN)()
     message: str = getattr(error, "details", lambda: "")() or ""
     reason, metadata, violations = "", {}, []
+    quota: dict[str, str] = {}
+    retry_after: float | None = None
     status = _status(error)
     if status is not None:
         for detail in status.details:
@@ -204,7 +220,24 @@ def from_rpc_error(error: grpc.RpcError) -> DarkroomError:
                 violations = [
                     FieldViolation(v.field, v.description) for v in bad_request.field_violations
                 ]
+            elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+                failure = error_details_pb2.QuotaFailure()
+                detail.Unpack(failure)
+                quota = {v.subject: v.description for v in failure.violations}
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                retry_after = retry.retry_delay.ToTimedelta().total_seconds()
     cls = _BY_CODE.get(code, DarkroomError)
+    if cls is ResourceExhausted:
+        return ResourceExhausted(
+            message,
+            code=code,
+            reason=reason,
+            metadata=metadata,
+            quota=quota,
+            retry_after=retry_after,
+        )
     if cls is InvalidArgument:
         return InvalidArgument(
             message, code=code, reason=reason, metadata=metadata, violations=violations

@@ -8,6 +8,7 @@ and iteration happen on the caller's thread.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterator, Sequence
 from types import TracebackType
@@ -136,6 +137,7 @@ class DarkroomClient:
         self,
         *,
         state: jobs.JobStateValue | str | None = None,
+        priority: int | None = None,
         page_size: int = 0,
         page_token: str = "",
         timeout: float | None = None,
@@ -143,9 +145,19 @@ class DarkroomClient:
         """See `AsyncDarkroomClient.list`."""
         return self._run(
             self._client.list(
-                state=state, page_size=page_size, page_token=page_token, timeout=timeout
+                state=state,
+                priority=priority,
+                page_size=page_size,
+                page_token=page_token,
+                timeout=timeout,
             )
         )
+
+    def list_models(
+        self, *, timeout: float | None = None
+    ) -> builtins.list[jobs_service_pb2.ModelStatus]:
+        """See `AsyncDarkroomClient.list_models`."""
+        return self._run(self._client.list_models(timeout=timeout))
 
     def cancel(self, job_id: str, *, timeout: float | None = None) -> job_pb2.Job:
         """See `AsyncDarkroomClient.cancel`."""
