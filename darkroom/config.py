@@ -235,9 +235,9 @@ class Settings(BaseSettings):
 
     @property
     def request_bound(self) -> timedelta:
-        """The longest a Jobs RPC takes, whatever the state of Postgres and Redis: its
-        database work, then its Redis work."""
-        return self.database_timeout + self.enqueue_timeout
+        """The longest a Jobs RPC takes, whatever the state of Postgres and Redis: a
+        submit's admission (Redis), its row (the database), then its announce (Redis)."""
+        return self.database_timeout + 2 * self.enqueue_timeout
 
     @property
     def served_model(self) -> str:

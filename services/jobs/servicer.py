@@ -202,15 +202,18 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
         self, request: jobs_service_pb2.ListModelsRequest, context: Context, owner: str
     ) -> jobs_service_pb2.ListModelsResponse:
         counts = await self._bounded(self.store.active_counts(), self._read_timeout)
+        models = self.settings.models
+        try:  # fresh reads, not the positions' cached ones; all within one Redis timeout
+            async with asyncio.timeout(self.settings.enqueue_timeout.total_seconds()):
+                capacities = await asyncio.gather(
+                    *(self.queue_view.read_capacity(model) for model in models)
+                )
+        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+            raise UnavailableError("the worker registry is unavailable") from exc
         response = jobs_service_pb2.ListModelsResponse()
-        for model in self.settings.models:
+        for model, capacity in zip(models, capacities, strict=True):
             queued, running = counts.get(model, (0, 0))
             status = response.models.add(model=model, queued_jobs=queued, running_jobs=running)
-            try:
-                async with asyncio.timeout(self.settings.enqueue_timeout.total_seconds()):
-                    capacity = await self.queue_view.read_capacity(model)  # fresh, not cached
-            except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
-                raise UnavailableError("the worker registry is unavailable") from exc
             for worker in capacity.workers:
                 entry = status.workers.add(worker_id=worker.worker_id, busy=worker.busy)
                 entry.start_time.FromSeconds(int(worker.started_at))

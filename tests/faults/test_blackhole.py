@@ -1,9 +1,9 @@
 """Postgres or Redis out of reach the way a network that drops packets leaves them:
 connections stay open and nothing answers. A real Jobs server, behind a `BlackholeProxy`,
-must answer every RPC within its bound (`Settings.request_bound`: the database timeout,
-then the Redis one) with no client deadline or a long one, recover by itself when the
-network heals, and never leave a submit that got UNAVAILABLE recorded where its client
-cannot find it again by its request_id."""
+must answer every RPC within its bound (`Settings.request_bound`: the Redis timeout of a
+submit's admission, the database timeout, then the Redis one) with no client deadline or
+a long one, recover by itself when the network heals, and never leave a submit that got
+UNAVAILABLE recorded where its client cannot find it again by its request_id."""
 
 from __future__ import annotations
 
@@ -229,7 +229,7 @@ async def test_a_blackholed_database_answers_unavailable_within_the_documented_b
     settings: Settings, database: str
 ) -> None:
     async with open_world(settings, database) as world:  # the default timeouts
-        assert world.bound == 5.0
+        assert world.bound == 6.0
         first = (await timed(world.submit(submit_request("before"), timeout=10))).response
         assert first is not None
         assert (await timed(world.get(first.job.id))).code == grpc.StatusCode.OK
