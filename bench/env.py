@@ -22,10 +22,11 @@ from typing import Any, cast
 
 import psycopg
 import redis
+from pydantic import BaseModel
 from sqlalchemy import make_url
 
 from darkroom import db, devservers
-from darkroom.config import DEV_TOKEN, Settings
+from darkroom.config import DEV_TOKEN, OwnerPolicy, Settings
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -70,6 +71,8 @@ class BenchEnv:
             "key_prefix": f"{self.key_prefix}-{suffix}",
             "storage_url": str(self.workdir / "storage" / suffix),
             "log_json": True,
+            # Quotas checked as in a deployment (the admission script runs), never reached.
+            "owner_policy": OwnerPolicy(max_queued=10**9, max_watches=10**9),
         }
         values.update(changes)
         return Settings(**values)
@@ -98,9 +101,17 @@ def _env_value(value: object) -> str:
         return f"{value.total_seconds():g}"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, BaseModel):  # a table setting, such as an owner policy
+        return value.model_dump_json()
     if isinstance(value, list | dict):
-        return json.dumps(value)
+        return json.dumps(value, default=_json_of_model)
     return str(value)
+
+
+def _json_of_model(value: object) -> object:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    raise TypeError(f"not JSON: {value!r}")
 
 
 def _create_database(admin_url: str, name: str) -> str:

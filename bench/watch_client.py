@@ -77,10 +77,12 @@ async def main(plan: dict[str, Any]) -> None:
     async def receive(call: Any) -> None:
         try:
             event = await next_event(call)
+            while event is not None and event.HasField("position"):
+                event = await next_event(call)  # live queue positions: not the published event
         except grpc.aio.AioRpcError:
             return
         if event is not None:
-            latencies.append((time.time_ns() - event.time.ToNanoseconds()) / 1e9)
+            latencies.append(round((time.time_ns() - event.time.ToNanoseconds()) / 1e9, 6))
 
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(

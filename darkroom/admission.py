@@ -6,8 +6,9 @@ anything is written.
   its lines) against `max_queued`, then takes a token
   from its bucket (`submit_rate`, `submit_burst`); a refusal takes no token.
 - `WatchAdmission` (Events): the owner's open WatchJob streams over every Events process
-  against `max_watches`. Each process counts its own streams under a token of its own,
-  whose holder key it renews; a process that dies stops counting once that key expires.
+  against `max_watches`. Each process counts its own streams and shares the counts once a
+  second under a token of its own, whose holder key it renews; a process that dies stops
+  counting once that key expires.
 
 Counts come from Redis, which caches the queue: a submit counted while another is in
 flight may pass a limit by the few in flight, and right after a Redis flush the counts
@@ -22,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
 from typing import Any, cast
 
@@ -41,9 +42,10 @@ log = structlog.get_logger("darkroom.admission")
 QUEUE_FULL_RETRY = timedelta(seconds=5)
 # How long to wait before opening another stream when at the limit.
 WATCHES_RETRY = timedelta(seconds=5)
-# An Events process renews its holder key this often; it expires after `HOLDER_TTL`.
-HOLDER_RENEW = timedelta(seconds=5)
-HOLDER_TTL = timedelta(seconds=20)
+# An Events process shares its stream counts (and renews its holder key) this often; a
+# process that stops renewing stops counting after `HOLDER_TTL`.
+HOLDER_RENEW = timedelta(seconds=1)
+HOLDER_TTL = timedelta(seconds=10)
 
 # KEYS: the model's queue, the owner's bucket, then the owner's line in every model's
 # queue (lines hold only waiting messages).
@@ -74,29 +76,29 @@ end
 return {'ok', 0}
 """
 
-# KEYS: the owner's watch counts. ARGV: this process's token, the holder key prefix,
-# the limit. Answers 1 when admitted (and counted), else 0.
-WATCH_SCRIPT = """
+# Publish this process's count of an owner's streams and answer the other live
+# processes' total. KEYS: the owner's watch counts. ARGV: this process's token, its count,
+# the holder key prefix.
+WATCH_SYNC_SCRIPT = """
+if tonumber(ARGV[2]) > 0 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[1], 86400)
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
 local entries = redis.call('HGETALL', KEYS[1])
-local total = 0
+local others = 0
 for i = 1, #entries, 2 do
   local token = entries[i]
-  if token == ARGV[1] or redis.call('EXISTS', ARGV[2] .. token) == 1 then
-    total = total + tonumber(entries[i + 1])
-  else
-    redis.call('HDEL', KEYS[1], token)
+  if token ~= ARGV[1] then
+    if redis.call('EXISTS', ARGV[3] .. token) == 1 then
+      others = others + tonumber(entries[i + 1])
+    else
+      redis.call('HDEL', KEYS[1], token)
+    end
   end
 end
-if total >= tonumber(ARGV[3]) then return 0 end
-redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-redis.call('EXPIRE', KEYS[1], 86400)
-return 1
-"""
-# KEYS: the owner's watch counts. ARGV: this process's token.
-UNWATCH_SCRIPT = """
-local count = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
-if count <= 1 then redis.call('HDEL', KEYS[1], ARGV[1]) return 0 end
-return redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+return others
 """
 
 
@@ -161,7 +163,11 @@ class SubmitAdmission:
 
 
 class WatchAdmission:
-    """The open-stream quota of one Events process's watchers."""
+    """The open-stream quota of one Events process's watchers: this process counts its own
+    streams of each owner (so a refusal or a release costs nothing) and, once a
+    `HOLDER_RENEW`, publishes them and learns the other processes' totals (one round trip
+    for every owner). Across processes a limit may be passed by the streams opened within
+    that second; within one, never."""
 
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self._redis = redis
@@ -169,14 +175,15 @@ class WatchAdmission:
         self._keys = settings.keys
         self._token = uuid.uuid4().hex
         self._holders = f"{settings.key_prefix}:watch-holder:"
-        self._watch = redis.register_script(WATCH_SCRIPT)
-        self._unwatch = redis.register_script(UNWATCH_SCRIPT)
+        self._sync = redis.register_script(WATCH_SYNC_SCRIPT)
         self._timeout = settings.enqueue_timeout.total_seconds()
+        self._mine: dict[str, int] = {}
+        self._others: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await self._renew()
-        self._task = asyncio.create_task(self._keep(), name="watch-holder")
+        await self._publish()
+        self._task = asyncio.create_task(self._keep(), name="watch-counts")
 
     async def close(self) -> None:
         if self._task is not None:
@@ -185,47 +192,64 @@ class WatchAdmission:
         with contextlib.suppress(redis.exceptions.RedisError, OSError):
             await self._redis.delete(self._holders + self._token)
 
-    async def _renew(self) -> None:
-        with contextlib.suppress(redis.exceptions.RedisError, OSError):
-            ttl = int(HOLDER_TTL.total_seconds() * 1000)
-            await self._redis.set(self._holders + self._token, b"1", px=ttl)
-
     async def _keep(self) -> None:
         while True:
             raise_if_cancelled()
             await asyncio.sleep(HOLDER_RENEW.total_seconds())
-            await self._renew()
+            await self._publish()
 
-    @contextlib.asynccontextmanager
-    async def stream(self, owner: str) -> Any:
-        """Hold one of `owner`'s streams for the `async with` block, or raise
-        `QuotaExceededError` at its start."""
-        most = self._settings.policy_for(owner).max_watches
-        counted = False
-        if most:
-            counted = await self._admit(owner, most)
-        try:
-            yield
-        finally:
-            if counted:
-                with contextlib.suppress(redis.exceptions.RedisError, OSError, TimeoutError):
-                    async with asyncio.timeout(self._timeout):
-                        await self._unwatch(keys=[self._keys.watches(owner)], args=[self._token])
-
-    async def _admit(self, owner: str, most: int) -> bool:
+    async def _publish(self) -> None:
+        """Renew this process's holder key, publish its counts, read the others'."""
+        owners = list(self._mine)
         try:
             async with asyncio.timeout(self._timeout):
-                admitted = await cast(
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    ttl = int(HOLDER_TTL.total_seconds() * 1000)
+                    pipe.set(self._holders + self._token, b"1", px=ttl)
+                    for owner in owners:
+                        await self._sync(  # queued on the pipeline
+                            keys=[self._keys.watches(owner)],
+                            args=[self._token, self._mine[owner], self._holders],
+                            client=pipe,
+                        )
+                    replies = await pipe.execute()
+        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+            raise_if_cancelled()
+            log.warning("watch_counts_not_shared", error=repr(exc))
+            return
+        self._others = {
+            owner: int(others) for owner, others in zip(owners, replies[1:], strict=True)
+        }
+        for owner in owners:
+            if not self._mine.get(owner):
+                self._mine.pop(owner, None)
+
+    async def _learn(self, owner: str) -> None:
+        """The other processes' count of `owner`'s streams, read now (best effort)."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                others = await cast(
                     Awaitable[int],
-                    self._watch(
-                        keys=[self._keys.watches(owner)], args=[self._token, self._holders, most]
+                    self._sync(
+                        keys=[self._keys.watches(owner)], args=[self._token, 0, self._holders]
                     ),
                 )
         except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
             raise_if_cancelled()
             log.warning("admission_skipped", owner=owner, error=repr(exc))
-            return False
-        if not admitted:
+            return
+        self._others[owner] = int(others)
+
+    @contextlib.asynccontextmanager
+    async def stream(self, owner: str) -> AsyncIterator[None]:
+        """Hold one of `owner`'s streams for the `async with` block, or raise
+        `QuotaExceededError` at its start. The first of an owner's streams here reads the
+        others' count (one round trip); the rest cost nothing."""
+        most = self._settings.policy_for(owner).max_watches
+        if most and not self._mine.get(owner):
+            await self._learn(owner)
+        mine = self._mine.get(owner, 0)
+        if most and mine + self._others.get(owner, 0) >= most:
             raise QuotaExceededError(
                 f"you have {most:,} WatchJob streams open, your limit",
                 limit="max_watches",
@@ -233,4 +257,8 @@ class WatchAdmission:
                 description=f"at most {most:,} open WatchJob streams",
                 retry_after=WATCHES_RETRY,
             )
-        return True
+        self._mine[owner] = mine + 1
+        try:
+            yield
+        finally:
+            self._mine[owner] -= 1

@@ -13,23 +13,30 @@ free worker is free, plus `k div W` whole runs.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+import structlog
 from google.protobuf import timestamp_pb2
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from darkroom.capacity import Capacity, WorkerRecord
 from darkroom.config import Settings
 from darkroom.keys import Keys
 from darkroom.models import JobRecord
+from darkroom.process import raise_if_cancelled
 from darkroom.queue import in_progress_key
 from darkroom.scheduling import OwnerTurn, Turns
 from darkroom.v1 import job_pb2
+
+log = structlog.get_logger("darkroom.positions")
 
 # Every owner of a queue's round, as the take script sees them: the clock, then per owner
 # its virtual time, policy ("step max_running"), messages in its line (waiting ones only)
@@ -132,17 +139,50 @@ class QueueView:
 
     async def status(self, job: QueuedJob) -> job_pb2.QueueStatus:
         """Where `job` stands now."""
-        queue = self._settings.queue_for(job.model)
-        message_id = self._keys.message_id(job.id, job.attempt)
+        [status] = await self.statuses([job])
+        return status
+
+    async def statuses(self, jobs: Sequence[QueuedJob]) -> list[job_pb2.QueueStatus]:
+        """Where each of `jobs` stands now: one round trip for all, then a sum over the
+        owners of their model's snapshot for each."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zrank(Keys.owner_line(queue, job.owner), message_id)
-            pipe.zcard(self._keys.running(job.owner))
-            pipe.exists(in_progress_key(message_id))
-            rank, running, taken = await pipe.execute()
-        turns = await self.turns(job.model)
-        capacity = await self.model_capacity(job.model)
-        policy = self._settings.policy_for(job.owner)
+            for job in jobs:
+                queue = self._settings.queue_for(job.model)
+                message_id = self._keys.message_id(job.id, job.attempt)
+                pipe.zrank(Keys.owner_line(queue, job.owner), message_id)
+                pipe.zcard(self._keys.running(job.owner))
+                pipe.exists(in_progress_key(message_id))
+            replies = await pipe.execute()
         now = datetime.now(UTC)
+        statuses = []
+        for index, job in enumerate(jobs):
+            rank, running, taken = replies[3 * index : 3 * index + 3]
+            turns = await self.turns(job.model)
+            capacity = await self.model_capacity(job.model)
+            status = self._compose(
+                job,
+                rank=rank,
+                running=int(running),
+                taken=bool(taken),
+                turns=turns,
+                capacity=capacity,
+                now=now,
+            )
+            statuses.append(status)
+        return statuses
+
+    def _compose(
+        self,
+        job: QueuedJob,
+        *,
+        rank: int | None,
+        running: int,
+        taken: bool,
+        turns: Turns,
+        capacity: ModelCapacity,
+        now: datetime,
+    ) -> job_pb2.QueueStatus:
+        policy = self._settings.policy_for(job.owner)
         status = job_pb2.QueueStatus(workers=len(capacity.workers))
         if rank is None and taken:  # a worker took it and is claiming it
             status.reason = job_pb2.WAIT_REASON_QUEUED
@@ -177,6 +217,120 @@ class QueueView:
             status.estimated_start_time.CopyFrom(_timestamp(start))
             status.estimated_end_time.CopyFrom(_timestamp(start + capacity.median_run))
         return status
+
+
+class PositionBoard:
+    """The positions of every queued job an Events process watches, looked at together
+    once an `interval` (one round trip for all of them, not one a watcher); a watcher is
+    woken when its job's position changed (see `changed`). Jobs newly watched get their
+    first look together too, within `FIRST_LOOK` of arriving."""
+
+    FIRST_LOOK = 0.02  # seconds: new watchers arriving meanwhile share one look
+
+    def __init__(self, view: QueueView, interval: timedelta) -> None:
+        self._view = view
+        self._interval = interval.total_seconds()
+        self._jobs: dict[uuid.UUID, QueuedJob] = {}
+        self._wakes: dict[uuid.UUID, set[asyncio.Event]] = {}
+        self._latest: dict[uuid.UUID, job_pb2.QueueStatus] = {}
+        self._new: set[uuid.UUID] = set()
+        self._arrived = asyncio.Event()
+        self._rounds: dict[str, object] = {}  # per model, its round at the last pass
+        self._settled: set[uuid.UUID] = set()  # looked at since their backoff ended
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="positions")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def watch(self, job: QueuedJob, wake: asyncio.Event) -> None:
+        """Follow `job` (queued) for the watcher woken by `wake`."""
+        known = self._jobs.get(job.id)
+        if known is not None and known.attempt != job.attempt:
+            self._latest.pop(job.id, None)
+            self._settled.discard(job.id)
+        self._jobs[job.id] = job
+        self._wakes.setdefault(job.id, set()).add(wake)
+        if job.id in self._latest:
+            wake.set()  # its position is known already: this watcher has not heard it
+        else:
+            self._new.add(job.id)
+            self._arrived.set()
+
+    def unwatch(self, job_id: uuid.UUID, wake: asyncio.Event) -> None:
+        wakes = self._wakes.get(job_id)
+        if wakes is None:
+            return
+        wakes.discard(wake)
+        if not wakes:
+            del self._wakes[job_id]
+            self._jobs.pop(job_id, None)
+            self._latest.pop(job_id, None)
+            self._new.discard(job_id)
+            self._settled.discard(job_id)
+
+    def latest(self, job_id: uuid.UUID) -> job_pb2.QueueStatus | None:
+        """The job's position as last looked at (None: not yet)."""
+        return self._latest.get(job_id)
+
+    async def _moved(self, jobs: list[QueuedJob]) -> list[QueuedJob]:
+        """The jobs of the models whose round or workers changed since the last pass (a
+        position follows from those alone: nothing moved, nothing to look at), and those
+        whose backoff ended since."""
+        moved, now = set(), datetime.now(UTC)
+        for model in {job.model for job in jobs}:
+            turns = await self._view.turns(model)
+            capacity = await self._view.model_capacity(model)
+            workers = [(w.worker_id, w.busy, w.job_started_at) for w in capacity.workers]
+            state = (turns.clock, turns.owners, workers, capacity.median_run)
+            if self._rounds.get(model) != state:
+                self._rounds[model] = state
+                moved.add(model)
+        return [
+            job
+            for job in jobs
+            if job.model in moved or (job.run_after <= now and job.id not in self._settled)
+        ]
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_pass = loop.time() + self._interval
+        while True:
+            raise_if_cancelled()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), max(0.0, next_pass - loop.time()))
+            everyone = loop.time() >= next_pass
+            if not everyone:
+                await asyncio.sleep(self.FIRST_LOOK)
+            self._arrived.clear()
+            ids = list(self._jobs) if everyone else [i for i in self._new if i in self._jobs]
+            self._new.clear()
+            if everyone:
+                next_pass = loop.time() + self._interval
+            try:
+                await self._pass([self._jobs[job_id] for job_id in ids], everyone=everyone)
+            except (RedisError, OSError, TimeoutError) as exc:
+                raise_if_cancelled()
+                log.debug("positions_unknown", error=repr(exc))
+
+    async def _pass(self, jobs: list[QueuedJob], *, everyone: bool = False) -> None:
+        if everyone:
+            jobs = await self._moved(jobs)
+        if not jobs:
+            return
+        for job, status in zip(jobs, await self._view.statuses(jobs), strict=True):
+            if self._jobs.get(job.id) is not job:
+                continue  # unwatched, or queued again, meanwhile
+            if job.run_after <= datetime.now(UTC):
+                self._settled.add(job.id)
+            if changed(self._latest.get(job.id), status):
+                self._latest[job.id] = status
+                for wake in self._wakes.get(job.id, ()):
+                    wake.set()
 
 
 def estimated_start(capacity: ModelCapacity, ahead: int, now: datetime) -> datetime | None:

@@ -15,7 +15,7 @@ from darkroom import db
 from darkroom.admission import WatchAdmission
 from darkroom.auth import Authenticator
 from darkroom.config import Settings
-from darkroom.positions import QueueView
+from darkroom.positions import PositionBoard, QueueView
 from darkroom.server import RunningServer, create_server, prepare_listener
 from darkroom.services.events.notifier import Notifier
 from darkroom.services.events.servicer import EventsServicer
@@ -55,6 +55,7 @@ class EventsApp:
     readers: redis.asyncio.Redis
     listener: redis.asyncio.Redis
     admission: WatchAdmission
+    positions: PositionBoard
 
     @property
     def port(self) -> int:
@@ -69,6 +70,7 @@ class EventsApp:
         await self.running.health.enter_graceful_shutdown()
         await self.notifier.close()
         await self.running.stop(grace)
+        await self.positions.close()
         await self.admission.close()
         for client in (self.readers, self.listener):
             await client.aclose()
@@ -92,6 +94,9 @@ async def start(settings: Settings, address: str | None = None) -> EventsApp:
     listener = _client(settings, 1)
     notifier = Notifier(listener, readers, settings.keys)
     await notifier.start()
+    # Every watched queued job's position, looked at together once an interval.
+    positions = PositionBoard(QueueView(readers, settings), settings.watch_position_interval)
+    positions.start()
     watch = Watch(
         store=JobStore(engine),
         redis=readers,
@@ -100,11 +105,10 @@ async def start(settings: Settings, address: str | None = None) -> EventsApp:
         settings=WatchSettings(
             row_poll=settings.watch_row_poll,
             idle_check=settings.watch_idle_check,
-            position_interval=settings.watch_position_interval,
             database_timeout=settings.database_timeout,
         ),
         url_for=storage_for(settings).url_for,
-        positions=QueueView(readers, settings),
+        positions=positions,
     )
     admission = WatchAdmission(readers, settings)
     await admission.start()
@@ -115,4 +119,4 @@ async def start(settings: Settings, address: str | None = None) -> EventsApp:
         return [SERVICE_NAME]
 
     running = await create_server(listen, register)
-    return EventsApp(running, notifier, engine, readers, listener, admission)
+    return EventsApp(running, notifier, engine, readers, listener, admission, positions)

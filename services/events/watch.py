@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from darkroom.convert import job_to_proto
 from darkroom.errors import FieldViolation, InvalidArgumentError, NotFoundError, UnavailableError
 from darkroom.events import START, TERMINAL_KINDS, Continuity, Entry, EventLog, JobEvent
 from darkroom.models import JobRow, State
-from darkroom.positions import QueuedJob, QueueView, changed
+from darkroom.positions import PositionBoard, QueuedJob, changed
 from darkroom.process import raise_if_cancelled
 from darkroom.services.events.notifier import Notifier
 from darkroom.store import JobStore
@@ -59,8 +58,6 @@ class WatchSettings:
     idle_check: timedelta = timedelta(seconds=30)  # re-read the row after this long in silence
     # A row read that takes longer ends the stream UNAVAILABLE (the client resumes).
     database_timeout: timedelta = timedelta(seconds=4)
-    # How often a queued job's position is looked at (and sent when it changed).
-    position_interval: timedelta = timedelta(seconds=1)
 
 
 def parse_after(value: str) -> str:
@@ -108,7 +105,7 @@ class Watch:
         key_prefix: str,
         settings: WatchSettings,
         url_for: Callable[[str], str] | None = None,
-        positions: QueueView | None = None,
+        positions: PositionBoard | None = None,
     ) -> None:
         self._positions = positions
         self._store = store
@@ -176,11 +173,14 @@ class Watch:
             if not after:
                 yield self._snapshot(row, last)
                 cursor, seen = last or START, _summary(row)
-            queue = Positions(self._positions, row, self._settings.position_interval)
-            async for event in self._follow(
-                owner=owner, job_id=job_id, cursor=cursor, wake=wake, seen=seen, queue=queue
-            ):
-                yield event
+            queue = Positions(self._positions, row, wake)
+            try:
+                async for event in self._follow(
+                    owner=owner, job_id=job_id, cursor=cursor, wake=wake, seen=seen, queue=queue
+                ):
+                    yield event
+            finally:
+                queue.close()
         finally:
             self._notifier.unregister(str(job_id), wake)
 
@@ -196,7 +196,6 @@ class Watch:
     ) -> AsyncIterator[JobEvent]:
         clock = asyncio.get_running_loop().time
         behind = False
-        quiet = 0.0  # seconds of silence so far
         while True:
             raise_if_cancelled()
             try:
@@ -232,18 +231,11 @@ class Watch:
                     break
             if more or _take(wake):
                 continue
-            position = await queue.update()
+            position = queue.update()
             if position is not None:
                 yield position
-            idle = self._settings.idle_check.total_seconds()
-            limit = min(queue.next_look() or idle, max(0.001, idle - quiet))
-            if await self._sleep(wake, timedelta(seconds=limit)):
-                quiet = 0.0
-                continue
-            quiet += limit
-            if quiet >= idle:
+            if not await self._sleep(wake, self._settings.idle_check):
                 # A long silence: make sure the job did not end without its event.
-                quiet = 0.0
                 row = await self._row(owner, job_id)
                 if row.state.terminal:
                     yield self._snapshot(row, cursor if cursor != START else "")
@@ -287,17 +279,18 @@ class Watch:
 
 
 class Positions:
-    """A watcher's view of its job's place in the queue: while the job is queued (as
-    its row, then its events, say), a `position` event whenever that changed, looked at
-    once an `interval` at most."""
+    """A watcher's view of its job's place in the queue: while the job is queued (as its
+    row, then its events, say), it is on the process's `PositionBoard`, which wakes the
+    watcher when the position changed; then a `position` event goes out."""
 
-    def __init__(self, view: QueueView | None, row: JobRow, interval: timedelta) -> None:
-        self._view = view
+    def __init__(self, board: PositionBoard | None, row: JobRow, wake: asyncio.Event) -> None:
+        self._board = board
+        self._wake = wake
         self._owner, self._model = row.owner, row.model
-        self._job: QueuedJob | None = QueuedJob.of(row) if row.state == State.QUEUED else None
-        self._interval = interval.total_seconds()
+        self._job: QueuedJob | None = None
         self._last: job_pb2.QueueStatus | None = None
-        self._next = 0.0  # when to look again (monotonic)
+        if row.state == State.QUEUED:
+            self._queued(QueuedJob.of(row))
 
     def saw(self, event: JobEvent) -> None:
         """Follow the job's state through its events."""
@@ -312,36 +305,32 @@ class Positions:
         elif kind == "snapshot":
             job = event.snapshot.job
             if job.state != job_pb2.JOB_STATE_QUEUED:
-                self._job = None
+                self.close()
             else:
                 self._queued(QueuedJob(job_id, self._owner, self._model, job.attempt, _now()))
         elif kind is not None and kind != "position":
-            self._job = None  # started, progress or terminal: no longer queued
+            self.close()  # started, progress or terminal: no longer queued
 
     def _queued(self, job: QueuedJob) -> None:
         if self._job is None or self._job.attempt != job.attempt:
-            self._last, self._next = None, 0.0
+            self._last = None
         self._job = job
+        if self._board is not None:
+            self._board.watch(job, self._wake)
 
-    def next_look(self) -> float | None:
-        """Seconds until the next look, while queued."""
-        if self._job is None or self._view is None:
-            return None
-        return max(0.001, self._next - time.monotonic())
+    def close(self) -> None:
+        if self._job is not None and self._board is not None:
+            self._board.unwatch(self._job.id, self._wake)
+        self._job = None
 
-    async def update(self) -> JobEvent | None:
-        """A `position` event, when it is time to look and the position changed."""
-        job, view = self._job, self._view
-        if job is None or view is None or time.monotonic() < self._next:
+    def update(self) -> JobEvent | None:
+        """A `position` event, when the position changed since the last one sent: it
+        costs nothing, the board has looked already (and wakes the watcher when it did)."""
+        job, board = self._job, self._board
+        if job is None or board is None:
             return None
-        self._next = time.monotonic() + self._interval
-        try:
-            status = await view.status(job)
-        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
-            raise_if_cancelled()
-            log.debug("position_unknown", error=repr(exc))
-            return None
-        if not changed(self._last, status):
+        status = board.latest(job.id)
+        if status is None or not changed(self._last, status):  # (None: not looked at yet)
             return None
         self._last = status
         event = JobEvent(job_id=str(job.id))

@@ -7,12 +7,14 @@ import asyncio
 import statistics
 import time
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import grpc
 import pytest
 
 from darkroom.config import OwnerPolicy
+from darkroom.services.events.app import start as start_events
 from darkroom.v1 import events_service_pb2, events_service_pb2_grpc, job_pb2
 from tests.e2e.conftest import Callers, StackFactory
 from tests.helpers import Caller, new_request_id, rich_error
@@ -203,3 +205,38 @@ async def test_other_owners_submit_as_fast_while_one_owner_is_refused(
     # her median stays close: a refusal is one Redis script and one indexed read (is it a
     # retry of a recorded submit?), no lock and no write.
     assert during < alone * 3, (alone, during)
+
+
+async def test_the_watch_cap_counts_every_events_server(
+    make_stack: StackFactory, callers: Callers
+) -> None:
+    stack = await make_stack(generator=False, owner_policy=OwnerPolicy(max_watches=2))
+    alice, events = await callers(stack, "alice-token")
+    job_id = (await alice.submit(**SMALL)).job.id
+    other = await start_events(stack.settings, "127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{other.port}") as channel:
+            elsewhere = events_service_pb2_grpc.EventsServiceStub(channel)
+            request = events_service_pb2.WatchJobRequest(job_id=job_id)
+            held = [events.WatchJob(request, metadata=alice.metadata, timeout=30) for _ in "ab"]
+            for call in held:
+                await _snapshot(call)
+            await asyncio.sleep(2.5)  # the servers share their counts once a second
+            refused = elsewhere.WatchJob(request, metadata=alice.metadata, timeout=30)
+            with pytest.raises(grpc.aio.AioRpcError) as over:
+                await refused.read()
+            assert rich_error(over.value).metadata == {"limit": "max_watches"}
+            held[0].cancel()
+            await asyncio.sleep(2.5)
+            admitted = elsewhere.WatchJob(request, metadata=alice.metadata, timeout=30)
+            await _snapshot(admitted)
+            admitted.cancel()
+            held[1].cancel()
+    finally:
+        await other.stop(timedelta(seconds=1))
+
+
+async def _snapshot(call: Any) -> None:
+    first = await call.read()
+    assert isinstance(first, events_service_pb2.WatchJobResponse)
+    assert first.event.HasField("snapshot")
