@@ -47,6 +47,7 @@ def test_up_serves_a_job_and_down_leaves_no_process(
         "DARKROOM_STACK_DATABASE": database,
         "DARKROOM_STACK_JOBS_PORT": str(jobs_port),
         "DARKROOM_STACK_EVENTS_PORT": str(events_port),
+        "DARKROOM_STACK_GATEWAY_PORT": str(devservers.free_port()),
         "DARKROOM_KEY_PREFIX": f"{settings.key_prefix}-stack",
         "DARKROOM_GENERATOR_MODEL_PATH": str(tiny_model_path),
         "DARKROOM_GENERATOR_DEVICE": "cpu",
@@ -56,7 +57,7 @@ def test_up_serves_a_job_and_down_leaves_no_process(
         subprocess.run([*command, "up"], env=env, check=True, timeout=120)
         state = json.loads((tmp_path / "stack.json").read_text())
         pids = [int(pid) for pid in state["pids"].values()]
-        assert len(pids) == 4
+        assert len(pids) == 5  # Jobs, Events, a Generator, the reconciler, the gateway
         assert all(_alive(pid) for pid in pids)
         with grpc.insecure_channel(f"127.0.0.1:{jobs_port}") as channel:
             stub = jobs_service_pb2_grpc.JobsServiceStub(channel)
