@@ -1,10 +1,11 @@
 """Admission control: each owner's quotas, and each model's queue cap, checked before
 anything is written.
 
-- `SubmitAdmission` (Jobs): one script a submit, by the Redis clock, checks the model's
-  queue against `DARKROOM_MODEL_MAX_QUEUED`, the owner's queued jobs (over every model:
-  its lines) against `max_queued`, then takes a token
-  from its bucket (`submit_rate`, `submit_burst`); a refusal takes no token.
+- `SubmitAdmission` (Jobs): a script, by the Redis clock, checks the model's queue
+  against `DARKROOM_MODEL_MAX_QUEUED`, the owner's queued jobs (over every model: its
+  lines) against `max_queued`, then takes a token from its bucket (`submit_rate`,
+  `submit_burst`); a refusal takes no token. Submits that fit the counts read in the last
+  quarter second (plus this process's admits since) skip the script.
 - `WatchAdmission` (Events): the owner's open WatchJob streams over every Events process
   against `max_watches`. Each process counts its own streams and shares the counts once a
   second under a token of its own, whose holder key it renews; a process that dies stops
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
@@ -50,30 +52,31 @@ HOLDER_TTL = timedelta(seconds=10)
 # KEYS: the model's queue, the owner's bucket, then the owner's line in every model's
 # queue (lines hold only waiting messages).
 # ARGV: model cap, owner's max queued, rate (per s), burst.
-# Answers {"ok"} or {limit, retry after (ms)}.
+# Answers {"ok" or the limit, retry after (ms), the model's queue, the owner's queued}.
 SUBMIT_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local model_cap, most_queued = tonumber(ARGV[1]), tonumber(ARGV[2])
 local rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4])
-if model_cap > 0 and redis.call('ZCARD', KEYS[1]) >= model_cap then
-  return {'model_max_queued', -1}
+local in_model = redis.call('ZCARD', KEYS[1])
+local queued = 0
+for i = 3, #KEYS do queued = queued + redis.call('ZCARD', KEYS[i]) end
+if model_cap > 0 and in_model >= model_cap then
+  return {'model_max_queued', -1, in_model, queued}
 end
-if most_queued > 0 then
-  local queued = 0
-  for i = 3, #KEYS do queued = queued + redis.call('ZCARD', KEYS[i]) end
-  if queued >= most_queued then return {'max_queued', -1} end
-end
+if most_queued > 0 and queued >= most_queued then return {'max_queued', -1, in_model, queued} end
 if rate > 0 then
   local bucket = redis.call('HMGET', KEYS[2], 'tokens', 'at')
   local tokens = tonumber(bucket[1]) or burst
   local at = tonumber(bucket[2]) or now
   tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
-  if tokens < 1 then return {'submit_rate', math.ceil((1 - tokens) * 1000 / rate)} end
+  if tokens < 1 then
+    return {'submit_rate', math.ceil((1 - tokens) * 1000 / rate), in_model, queued}
+  end
   redis.call('HSET', KEYS[2], 'tokens', tostring(tokens - 1), 'at', now)
   redis.call('PEXPIRE', KEYS[2], math.ceil(burst * 1000 / rate) + 1000)
 end
-return {'ok', 0}
+return {'ok', 0, in_model, queued}
 """
 
 # Publish this process's count of an owner's streams and answer the other live
@@ -103,7 +106,15 @@ return others
 
 
 class SubmitAdmission:
-    """The quotas of a submit."""
+    """The quotas of a submit.
+
+    The counts a script reads are trusted for `FRESH_FOR` seconds, plus this process's own
+    admits since: while a submit fits them well, it costs no round trip (the submit hot
+    path). A submit that would not fit, or any under a rate limit, asks Redis afresh, so
+    a refusal is always decided on fresh counts.
+    """
+
+    FRESH_FOR = 0.25
 
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self._redis = redis
@@ -111,12 +122,40 @@ class SubmitAdmission:
         self._keys = settings.keys
         self._script = redis.register_script(SUBMIT_SCRIPT)
         self._timeout = settings.enqueue_timeout.total_seconds()
+        self._counts: dict[str, tuple[float, int]] = {}  # "model:…"/"owner:…" -> (read at, n)
+
+    def _fits(self, owner: str, model: str, most_queued: int) -> bool:
+        """Whether the counts read lately (and bumped since) leave room for one more."""
+        now = time.monotonic()
+        for key, limit in (
+            (f"model:{model}", self._settings.model_max_queued),
+            (f"owner:{owner}", most_queued),
+        ):
+            if not limit:
+                continue
+            read_at, count = self._counts.get(key, (-1.0, 0))
+            if now - read_at > self.FRESH_FOR or count + 1 >= limit:
+                return False
+        return True
+
+    def _count(self, owner: str, model: str, *, in_model: int, queued: int) -> None:
+        now = time.monotonic()
+        self._counts[f"model:{model}"] = (now, in_model)
+        self._counts[f"owner:{owner}"] = (now, queued)
+
+    def _bump(self, owner: str, model: str) -> None:
+        for key in (f"model:{model}", f"owner:{owner}"):
+            read_at, count = self._counts.get(key, (-1.0, 0))
+            self._counts[key] = (read_at, count + 1)
 
     async def admit(self, owner: str, model: str) -> None:
         """Raise `QuotaExceededError` when `owner` may not submit a job for `model` now."""
         settings = self._settings
         policy = settings.policy_for(owner)
         if not (settings.model_max_queued or policy.max_queued or policy.submit_rate):
+            return
+        if not policy.submit_rate and self._fits(owner, model, policy.max_queued):
+            self._bump(owner, model)
             return
         keys = [
             settings.queue_for(model),
@@ -126,7 +165,7 @@ class SubmitAdmission:
         args = [settings.model_max_queued, policy.max_queued, policy.submit_rate, policy.burst]
         try:
             async with asyncio.timeout(self._timeout):
-                limit, retry_ms = await cast(
+                limit, retry_ms, in_model, queued = await cast(
                     Awaitable[list[Any]], self._script(keys=keys, args=args)
                 )
         except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
@@ -134,7 +173,9 @@ class SubmitAdmission:
             log.warning("admission_skipped", owner=owner, error=repr(exc))
             return
         limit = limit.decode() if isinstance(limit, bytes) else str(limit)
+        self._count(owner, model, in_model=int(in_model), queued=int(queued))
         if limit == "ok":
+            self._bump(owner, model)
             return
         if limit == "model_max_queued":
             raise QuotaExceededError(
