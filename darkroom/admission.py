@@ -237,7 +237,10 @@ class WatchAdmission:
         while True:
             raise_if_cancelled()
             await asyncio.sleep(HOLDER_RENEW.total_seconds())
-            await self._publish()
+            try:
+                await self._publish()
+            except Exception as exc:  # noqa: BLE001 - counts must keep being shared
+                log.warning("watch_counts_not_shared", error=repr(exc))
 
     async def _publish(self) -> None:
         """Renew this process's holder key, publish its counts, read the others'."""

@@ -316,6 +316,8 @@ class PositionBoard:
             except (RedisError, OSError, TimeoutError) as exc:
                 raise_if_cancelled()
                 log.debug("positions_unknown", error=repr(exc))
+            except Exception as exc:  # noqa: BLE001 - positions must not stop for good
+                log.warning("positions_pass_failed", error=repr(exc))
 
     async def _pass(self, jobs: list[QueuedJob], *, everyone: bool = False) -> None:
         if everyone:
