@@ -95,7 +95,10 @@ async def start(settings: Settings, address: str | None = None) -> EventsApp:
     notifier = Notifier(listener, readers, settings.keys)
     await notifier.start()
     # Every watched queued job's position, looked at together once an interval.
-    positions = PositionBoard(QueueView(readers, settings), settings.watch_position_interval)
+    # (Its snapshots are at most an interval old, as the passes are an interval apart.)
+    interval = settings.watch_position_interval
+    view = QueueView(readers, settings, max_age=min(1.0, interval.total_seconds()))
+    positions = PositionBoard(view, interval)
     positions.start()
     watch = Watch(
         store=JobStore(engine),
