@@ -109,6 +109,8 @@ class JobRow(Base):
     model: Mapped[str] = mapped_column(String(256))
     # Orders an owner's own queued jobs of a model (see `darkroom.scheduling`).
     priority: Mapped[int] = mapped_column(Integer, server_default="0")
+    # W3C trace context of the submit that recorded the job; attempts' spans link to it.
+    traceparent: Mapped[str | None] = mapped_column(String(64))
 
     state: Mapped[State] = mapped_column(StateType())
     attempt: Mapped[int] = mapped_column(Integer, server_default="0")
