@@ -84,6 +84,8 @@ class Presence:
         self._record = WorkerRecord(worker_id, model, False, time.time(), time.time())
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # When a heartbeat last reached the registry (monotonic), for the metrics.
+        self.reported_at = time.monotonic()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -120,6 +122,7 @@ class Presence:
             self._changed.clear()
             try:
                 await self.report()
+                self.reported_at = time.monotonic()
             except Exception as exc:  # noqa: BLE001 - a registry outage stops no worker
                 log.warning("worker_report_failed", error=repr(exc))
             with contextlib.suppress(TimeoutError):

@@ -179,6 +179,15 @@ class Settings(BaseSettings):
     # None: JSON when stderr is not a terminal.
     log_json: bool | None = None
 
+    # host:port of this process's Prometheus /metrics listener (plain HTTP: metrics hold
+    # no credentials); "": no listener, and nothing is counted.
+    metrics_address: str = ""
+    # OpenTelemetry traces, exported over OTLP/gRPC to this collector (http://host:4317;
+    # OTEL_EXPORTER_OTLP_* variables add headers or TLS); "": no traces, no cost.
+    traces_endpoint: str = ""
+    # The share of new traces recorded (a call inside a sampled trace always is).
+    traces_sample_ratio: float = Field(default=1.0, ge=0, le=1)
+
     @field_validator("auth_tokens")
     @classmethod
     def _tokens_not_empty(cls, tokens: dict[str, str]) -> dict[str, str]:

@@ -39,7 +39,7 @@ import structlog
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.jobs import deserialize_job
 
-from darkroom import scheduling
+from darkroom import metrics, scheduling
 from darkroom.keys import Keys
 from darkroom.queue import (
     RUN_JOB,
@@ -312,6 +312,8 @@ class Consumer:
                 failures += 1
                 delay = min(BACKOFF[1], BACKOFF[0] * 2 ** (failures - 1))
                 log.warning("queue_loop_failed", error=repr(exc), retry_in_s=delay)
+                if metrics.enabled():
+                    metrics.LOOP_ERRORS.inc()
                 await self._sleep(delay)
 
     @property
@@ -412,6 +414,9 @@ class Consumer:
 
     async def _dead(self, message_id: str, payload: bytes, reason: str) -> None:
         log.error("message_dead_lettered", message_id=message_id, reason=reason)
+        if metrics.enabled():
+            # The reason's first word is its kind (malformed, taken, failed): a bounded label.
+            metrics.DEAD_LETTERS.labels(reason.split(" ", 1)[0].rstrip(":")).inc()
         if self._reject is None:
             return
         try:

@@ -14,13 +14,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import (
-    AsyncConnection,
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
+from sqlalchemy.ext import asyncio as sqlalchemy_asyncio
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 T = TypeVar("T")
@@ -54,7 +49,8 @@ def create_engine(
     # Keep any `options` the URL carries (connect_args would replace them).
     given = make_url(url).query.get("options")
     given = given if isinstance(given, str) else " ".join(given or ())
-    return create_async_engine(
+    # Looked up on its module at each call: tracing, when on, wraps it there.
+    return sqlalchemy_asyncio.create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,

@@ -26,7 +26,16 @@ from darkroom.validation import JobRequest
 
 # The columns a submit sets (the spec's among them); the others take their server defaults.
 _INSERTED = frozenset(
-    {"id", "owner", "request_id", "request_hash", "prompt_sha256", "state", "max_attempts"}
+    {
+        "id",
+        "owner",
+        "request_id",
+        "request_hash",
+        "prompt_sha256",
+        "state",
+        "max_attempts",
+        "traceparent",
+    }
 ) | frozenset(SPEC_FIELDS)
 
 
@@ -120,6 +129,7 @@ def _insert_params(owner: str, job: JobRequest, max_attempts: int) -> dict[str, 
         **job.spec.values(),
         "state": State.QUEUED.value,
         "max_attempts": max_attempts,
+        "traceparent": job.traceparent,
         "queue_timeout_s": job.queue_timeout.total_seconds(),
     }
 

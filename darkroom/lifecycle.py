@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 import structlog
 
-from darkroom import events
+from darkroom import events, job_metrics
 from darkroom.capacity import Capacity
 from darkroom.convert import job_to_proto
 from darkroom.events import EventLog, JobEvent
@@ -84,6 +84,7 @@ class Lifecycle:
         if row is None:
             return
         self._hooks.after_commit(move, row)
+        job_metrics.ended(row)
         await self.publish(*before, events.terminal(self.job(row)))
 
     async def publish_terminal(self, row: JobRecord) -> None:
@@ -102,6 +103,7 @@ class Lifecycle:
         if row is None:
             await self.expire(job_id)
             return None
+        job_metrics.started(row)
         await self.publish(events.started(job_id, row.attempt, worker_id))
         return row
 
@@ -188,6 +190,7 @@ class Lifecycle:
         if row.state == State.CANCELLED:
             await self._ended("cancel", row)
             return row
+        job_metrics.retried(row, code, lease_expired=lease_expired)
         # When it may run again, by the database clock (never this process's).
         await self.publish(events.retrying(job_id, attempt, code, message, row.run_after))
         try:
@@ -233,6 +236,8 @@ class Lifecycle:
         `cancel_requested`. Returns the row (None: no such job of this owner) and whether it
         changed (False: the job had already ended)."""
         row, changed = await self.store.cancel(owner, job_id)
+        if changed and row is not None:
+            job_metrics.cancelled(row)
         if changed and row is not None and row.state == State.CANCELLED:
             await self._ended("cancel", row)
             await self._unqueue(row)

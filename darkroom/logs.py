@@ -7,9 +7,12 @@ import sys
 
 import structlog
 
+from darkroom import tracing
 
-def configure(level: str = "INFO", json: bool | None = None) -> None:
-    """Configure structlog (and the standard library's root logger) once per process."""
+
+def configure(level: str = "INFO", json: bool | None = None, *, trace_ids: bool = False) -> None:
+    """Configure structlog (and the standard library's root logger) once per process;
+    `trace_ids`: each line carries the `trace_id` and `span_id` it was logged in."""
     if json is None:
         json = not sys.stderr.isatty()
     numeric_level = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
@@ -19,6 +22,7 @@ def configure(level: str = "INFO", json: bool | None = None) -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            *([tracing.add_log_ids] if trace_ids else []),
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),

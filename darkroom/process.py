@@ -12,7 +12,7 @@ from typing import Protocol
 import structlog
 import uvloop
 
-from darkroom import clock, logs
+from darkroom import clock, logs, metrics, tracing
 from darkroom.config import Settings, load_settings
 from darkroom.server import ListenError
 
@@ -78,7 +78,15 @@ def main(program: str, start: Callable[[Settings], Awaitable[App]]) -> None:
     """Load settings (a bad one ends the process naming it), configure logs, start the
     app and serve it until SIGTERM: the one entry point of every Darkroom process."""
     settings = load_settings(program)
-    logs.configure(settings.log_level, settings.log_json)
+    traced = tracing.configure(
+        program, settings.traces_endpoint, sample_ratio=settings.traces_sample_ratio
+    )
+    logs.configure(settings.log_level, settings.log_json, trace_ids=traced is not None)
+    try:
+        listener = metrics.serve(settings.metrics_address)
+    except (OSError, ValueError) as exc:
+        print(f"{program}: DARKROOM_METRICS_ADDRESS: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         try:
             runner.run(_run(start, settings))
@@ -87,6 +95,10 @@ def main(program: str, start: Callable[[Settings], Awaitable[App]]) -> None:
             raise SystemExit(1) from None
         except AppEndedError:
             raise SystemExit(1) from None
+        finally:
+            tracing.shutdown()
+            if listener is not None:
+                listener.close()
 
 
 async def _run(start: Callable[[Settings], Awaitable[App]], settings: Settings) -> None:

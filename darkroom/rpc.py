@@ -16,6 +16,7 @@ import grpc
 import structlog
 from grpc_status import rpc_status
 
+from darkroom import metrics
 from darkroom.auth import Authenticator
 from darkroom.errors import (
     DarkroomError,
@@ -97,7 +98,10 @@ def unary(method: str) -> Callable[[Handler[RequestT, ResponseT]], Wrapped[Reque
                 response = await handler(self, _parsed(request), context, owner)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a status below
                 error = to_error(exc, method)
-            elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
+            elapsed = time.perf_counter() - started
+            elapsed_ms = round(elapsed * 1000, 3)
+            if metrics.enabled():
+                _count_unary(self, method, "OK" if error is None else error.code.name, elapsed)
             if error is None:
                 log.info("rpc", code="OK", duration_ms=elapsed_ms)
                 return response
@@ -139,6 +143,7 @@ def server_stream(
             sent = 0
             error: DarkroomError | None = None
             outcome = "OK"
+            counted = _StreamCount.open(self, method) if metrics.enabled() else None
             try:
                 owner = self.authenticator.owner_for(context.invocation_metadata())
                 structlog.contextvars.bind_contextvars(owner=owner)
@@ -154,14 +159,59 @@ def server_stream(
                 outcome = "CANCELLED"
                 raise
             finally:
-                elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
-                log.info("rpc", code=outcome, messages=sent, duration_ms=elapsed_ms)
+                elapsed = time.perf_counter() - started
+                if counted is not None:
+                    counted.close(outcome, sent, elapsed)
+                log.info("rpc", code=outcome, messages=sent, duration_ms=round(elapsed * 1000, 3))
             if error is not None:
                 await abort(context, error)
 
         return wrapper
 
     return decorate
+
+
+_SERVICES: dict[type, str] = {}
+
+
+def service_of(servicer: object) -> str:
+    """The full name of the gRPC service `servicer` implements (`darkroom.v1.JobsService`),
+    from the generated base class it extends."""
+    kind = type(servicer)
+    name = _SERVICES.get(kind)
+    if name is None:
+        bases = [c for c in kind.__mro__ if c.__module__.endswith("_pb2_grpc")]
+        short = bases[0].__name__.removesuffix("Servicer") if bases else kind.__name__
+        name = _SERVICES[kind] = f"{PACKAGE}.{short}"
+    return name
+
+
+def _count_unary(servicer: object, method: str, code: str, seconds: float) -> None:
+    service = service_of(servicer)
+    metrics.RPC_STARTED.labels(service, method, "unary").inc()
+    metrics.RPC_HANDLED.labels(service, method, "unary", code).inc()
+    metrics.RPC_SECONDS.labels(service, method, "unary").observe(seconds)
+
+
+@dataclass
+class _StreamCount:
+    """A server stream's metrics: open while it runs, then handled with its outcome."""
+
+    service: str
+    method: str
+
+    @classmethod
+    def open(cls, servicer: object, method: str) -> _StreamCount:
+        counted = cls(service_of(servicer), method)
+        metrics.RPC_STARTED.labels(counted.service, method, "server_stream").inc()
+        metrics.RPC_OPEN_STREAMS.labels(counted.service, method).inc()
+        return counted
+
+    def close(self, code: str, sent: int, seconds: float) -> None:
+        metrics.RPC_OPEN_STREAMS.labels(self.service, self.method).dec()
+        metrics.RPC_HANDLED.labels(self.service, self.method, "server_stream", code).inc()
+        metrics.RPC_SECONDS.labels(self.service, self.method, "server_stream").observe(seconds)
+        metrics.RPC_SENT.labels(self.service, self.method).inc(sent)
 
 
 Behavior = Callable[..., Any]

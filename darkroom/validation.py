@@ -49,6 +49,8 @@ class JobRequest:
     request_hash: str
     spec: Spec
     queue_timeout: timedelta
+    # The W3C trace context of the submit, kept on the row (None: tracing is off).
+    traceparent: str | None = None
 
 
 def _visible(char: str) -> bool:

@@ -12,8 +12,10 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
+from darkroom import metrics
 from darkroom.services.gateway import jobs_api, openapi, outputs, signin, streams
 from darkroom.services.gateway.state import Gateway
+from darkroom.services.gateway.telemetry import Metered
 
 STATIC = Path(__file__).with_name("static")
 # The page loads only its own files: nothing from elsewhere, no inline script.
@@ -82,6 +84,8 @@ def application(gateway: Gateway, cors_origins: list[str]) -> Starlette:
         *api_routes(),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
+    if metrics.enabled():  # outermost: it sees every answer, CORS refusals included
+        middleware.insert(0, Middleware(Metered))
     app = Starlette(routes=routes, middleware=middleware)
     app.state.gateway = gateway
     return app

@@ -14,7 +14,7 @@ import grpc
 import structlog
 from PIL import Image
 
-from darkroom import events
+from darkroom import events, metrics
 from darkroom.models import JobRecord
 from darkroom.process import raise_if_cancelled
 from darkroom.services.generator.context import PipelineWedgedError, Services, Stop
@@ -164,11 +164,21 @@ class Attempt:
             await self.fail(exc)
             return
         await self._stop_monitor(monitor)
+        self._count_steps(generated - began)
         if images is None or self.stop_reason is not None:
             await self._stopped()
             return
         # The last steps go out with the terminal event, in the same append.
         await self._finish(images, self._progress_due(), began, generated)
+
+    def _count_steps(self, seconds: float) -> None:
+        """The steps the pipeline ran, and their pace (a metric; nothing when off)."""
+        if not metrics.enabled():
+            return
+        steps = self.progress.latest
+        metrics.GENERATOR_STEPS.labels(self.row.model).inc(steps)
+        if seconds > 0 and steps:
+            metrics.GENERATOR_STEP_RATE.labels(self.row.model).set(steps / seconds)
 
     async def _finish(
         self,

@@ -12,11 +12,12 @@ from datetime import timedelta
 
 import structlog
 
-from darkroom import queue
+from darkroom import metrics, queue, tracing
 from darkroom.capacity import Presence
 from darkroom.config import Settings
 from darkroom.consumer import Consumer
 from darkroom.services.generator import pipeline as pipelines
+from darkroom.services.generator import telemetry
 from darkroom.services.generator.attempt import Attempt
 from darkroom.services.generator.context import Services, Stop
 from darkroom.services.generator.faults import Faults
@@ -48,24 +49,34 @@ class Runner:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(job_id=str(job_id))
         s = self.services
-        row = await s.lifecycle.claim(job_id, queued_attempt, s.worker_id, s.settings.lease)
-        if row is None:  # a duplicate, late or expired delivery
-            log.info("delivery_ignored", queued_attempt=queued_attempt)
-            return
-        structlog.contextvars.bind_contextvars(attempt=row.attempt)
-        log.info("attempt_started", worker_id=s.worker_id)
-        self.current = Attempt(s, row)
-        self.idle.clear()
-        if self.presence is not None:
-            started = row.started_at.timestamp() if row.started_at else time.time()
-            self.presence.busy(started)
-        try:
-            await self.current.run()
-        finally:
-            self.current = None
-            self.idle.set()
+        model = s.settings.served_model
+        # The attempt's span covers its claim too; its link to the submit comes with the row.
+        with tracing.attempt_span(str(job_id), model) as span:
+            row = await s.lifecycle.claim(job_id, queued_attempt, s.worker_id, s.settings.lease)
+            if row is None:  # a duplicate, late or expired delivery
+                log.info("delivery_ignored", queued_attempt=queued_attempt)
+                return
+            span.set_attribute("darkroom.attempt", row.attempt)
+            for link in tracing.linked(row.traceparent):
+                span.add_link(link.context)
+            structlog.contextvars.bind_contextvars(attempt=row.attempt)
+            log.info("attempt_started", worker_id=s.worker_id)
+            self.current = Attempt(s, row)
+            self.idle.clear()
             if self.presence is not None:
-                self.presence.idle()
+                started = row.started_at.timestamp() if row.started_at else time.time()
+                self.presence.busy(started)
+            if metrics.enabled():
+                metrics.GENERATOR_BUSY.labels(model).set(1)
+            try:
+                await self.current.run()
+            finally:
+                self.current = None
+                self.idle.set()
+                if self.presence is not None:
+                    self.presence.idle()
+                if metrics.enabled():
+                    metrics.GENERATOR_BUSY.labels(model).set(0)
 
     async def reject(self, message: queue.QueueMessage, reason: str) -> None:
         """The consumer set the message aside as poison: end its job, if still waiting."""
@@ -143,6 +154,7 @@ async def start(
     fake `pipeline` and `faults` (fault points); a deployed generator has neither."""
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
     loop = asyncio.get_running_loop()
+    loading = time.perf_counter()
     if pipeline is None:
         pipeline = await loop.run_in_executor(
             executor,
@@ -191,6 +203,8 @@ async def start(
     if settings.generator_health_address:
         generator.health = HealthServer(generator.vitals())
         generator.health_port = await generator.health.start(settings.generator_health_address)
+    if metrics.enabled():
+        telemetry.watch(generator, settings.served_model, time.perf_counter() - loading)
     presence.start()
     generator.task = asyncio.create_task(consumer.run())
     log.info(

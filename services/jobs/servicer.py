@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import json
 import uuid
 from collections.abc import Awaitable
@@ -14,7 +15,7 @@ import grpc
 import redis.exceptions
 import structlog
 
-from darkroom import db
+from darkroom import db, tracing
 from darkroom.admission import SubmitAdmission
 from darkroom.auth import Authenticator
 from darkroom.config import Settings
@@ -135,6 +136,8 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
         self, request: jobs_service_pb2.SubmitJobRequest, context: Context, owner: str
     ) -> jobs_service_pb2.SubmitJobResponse:
         job = validate_submit(request, self.settings)
+        if tracing.enabled():
+            job = dataclasses.replace(job, traceparent=tracing.traceparent())
         await self._admit(owner, job)
         row, created = await self.submits.submit(owner, job)
         structlog.contextvars.bind_contextvars(job_id=str(row.id))

@@ -15,14 +15,16 @@ UNAVAILABLE within that, and a Redis out of reach still OK (the reconciler enque
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import psycopg
 import structlog
+from opentelemetry.trace import SpanKind
 from redis.asyncio import Redis
 
-from darkroom import events
+from darkroom import events, job_metrics, tracing
 from darkroom.config import Settings
 from darkroom.errors import UnavailableError
 from darkroom.events import EventLog
@@ -137,9 +139,10 @@ class SubmitBatcher:
 
     async def _write_batch(self, batch: Sequence[_Submit]) -> None:
         try:
-            results = await self._inserter.insert(
-                [(submit.owner, submit.job) for submit in batch], self._settings.max_attempts
-            )
+            with _insert_span(batch):
+                results = await self._inserter.insert(
+                    [(submit.owner, submit.job) for submit in batch], self._settings.max_attempts
+                )
         except Exception as exc:  # noqa: BLE001 - handed to each caller, or retried alone
             if len(batch) == 1 or not _about_the_rows(exc):
                 for submit in batch:
@@ -163,7 +166,9 @@ class SubmitBatcher:
     async def _announce_batch(self, batch: Sequence[_Submit], results: Sequence[Created]) -> None:
         """Announce the new rows, then let their callers answer."""
         try:
-            await self._announce([row for row, created in results if created])
+            rows = [row for row, created in results if created]
+            job_metrics.submitted(rows)
+            await self._announce(rows)
         finally:
             for submit in batch:
                 submit.announced.set()
@@ -187,6 +192,19 @@ class SubmitBatcher:
                     await pipe.execute()
         except Exception as exc:  # noqa: BLE001 - any Redis failure is left to the reconciler
             log.warning("enqueue_deferred", jobs=[str(row.id) for row in rows], error=repr(exc))
+
+
+def _insert_span(batch: Sequence[_Submit]) -> contextlib.AbstractContextManager[object]:
+    """With tracing on, the batch's insert as one span linked to every submit in it."""
+    if not tracing.enabled():
+        return contextlib.nullcontext()
+    links = [link for submit in batch for link in tracing.linked(submit.job.traceparent)]
+    return tracing.span(
+        "darkroom.submit.insert",
+        kind=SpanKind.CLIENT,
+        links=links,
+        attributes={"db.system": "postgresql", "darkroom.batch_size": len(batch)},
+    )
 
 
 def _about_the_rows(exc: Exception) -> bool:

@@ -3,12 +3,14 @@ UPDATE, arq deduplicates message ids, and a duplicate delivery is harmless."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, fields
 from datetime import timedelta
 
 import grpc
 import structlog
 
+from darkroom import metrics
 from darkroom.config import Settings
 from darkroom.events import TERMINAL_KINDS, EventLog
 from darkroom.lifecycle import Lifecycle
@@ -51,12 +53,25 @@ class Reconciler:
         self.scans = Scans(lifecycle.store.engine)
 
     async def run_once(self) -> Report:
+        started = time.perf_counter()
         report = Report()
         await self._expired_leases(report)
         await self._deadlines(report)
         await self._lost_messages(report)
         await self._terminal_events(report)
+        if metrics.enabled():
+            await self._count(report, started)
         return report
+
+    async def _count(self, report: Report, started: float) -> None:
+        """The pass's repairs and the queue's depth, for the metrics (best effort)."""
+        for kind, count in report.as_dict().items():
+            metrics.REPAIRS.labels(kind).inc(count)  # every kind's series, from 0
+        try:
+            metrics.record_queue(await self.scans.queue_counts(), time.time())
+        except Exception as exc:  # noqa: BLE001 - a gauge left stale says so by its time
+            log.warning("queue_count_failed", error=repr(exc))
+        metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
 
     async def _expired_leases(self, report: Report) -> None:
         for row in await self.scans.expired_leases(self.settings.reconcile_batch):

@@ -7,10 +7,11 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import and_, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from darkroom.db import sessionmaker
+from darkroom.metrics import QueueCount
 from darkroom.models import TERMINAL_STATES, JobRow, State
 
 
@@ -93,3 +94,26 @@ class Scans:
         )
         async with self._sessions() as session:
             return list(await session.scalars(query))
+
+    async def queue_counts(self) -> list[QueueCount]:
+        """Each model's queued, due and running jobs, and how long its longest-waiting due
+        job has waited: one aggregate over the active-jobs index, for the metrics."""
+        queued = JobRow.state == State.QUEUED
+        due = and_(queued, JobRow.run_after <= func.now())
+        oldest = func.extract("epoch", func.now() - func.min(JobRow.run_after).filter(due))
+        query = (
+            select(
+                JobRow.model,
+                func.count().filter(queued),
+                func.count().filter(due),
+                func.count().filter(JobRow.state == State.RUNNING),
+                oldest,
+            )
+            .where(JobRow.state.in_([State.QUEUED, State.RUNNING]))
+            .group_by(JobRow.model)
+        )
+        async with self._sessions() as session:
+            return [
+                QueueCount(model, queued_n, due_n, running_n, float(age or 0))
+                for model, queued_n, due_n, running_n, age in await session.execute(query)
+            ]

@@ -1,0 +1,257 @@
+"""OpenTelemetry traces: off unless `DARKROOM_TRACES_ENDPOINT` names an OTLP collector.
+
+When on, every RPC is a server span (the grpc aio instrumentation), SQLAlchemy statements
+and Redis commands are client spans within it, and each generator attempt is a span of its
+own that *links* to the SubmitJob span that recorded the job. The link's context travels in
+the job row (`traceparent`, written by the submit's insert): the queue message names the
+row, and the reconciler re-enqueues from the row after Redis lost it, so an attempt links
+to its submit however its message came to be. WatchJob is not one span for the whole life
+of its stream: its opening is a short span of its own, and its end a second one.
+
+Off, nothing is instrumented and every function here returns at once: `traceparent()` is
+None, spans are OpenTelemetry's no-op ones, and log lines carry no ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import Any, cast
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Link, NonRecordingSpan, SpanKind, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+__all__ = [
+    "StreamSpans",
+    "Tracing",
+    "add_log_ids",
+    "attempt_span",
+    "configure",
+    "enabled",
+    "linked",
+    "server_interceptors",
+    "shutdown",
+    "span",
+    "traceparent",
+]
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+# Methods whose calls are streams that live as long as a watcher: no span for their life.
+STREAMING_METHODS = ("WatchJob",)
+
+
+class Tracing:
+    """The tracer provider of a process and what it instrumented (for `shutdown`)."""
+
+    def __init__(self, provider: Any, instrumentors: list[Any]) -> None:
+        self.provider = provider
+        self.tracer: Tracer = provider.get_tracer("darkroom")
+        self.instrumentors = instrumentors
+
+
+_current: Tracing | None = None
+
+
+def enabled() -> bool:
+    return _current is not None
+
+
+def configure(
+    service_name: str,
+    endpoint: str,
+    *,
+    sample_ratio: float = 1.0,
+    exporter: Any = None,
+    simple: bool = False,
+) -> Tracing | None:
+    """Trace this process as `service_name`, exporting to the OTLP/gRPC `endpoint` (or to
+    `exporter`, e.g. an in-memory one in tests; `simple`: export each span as it ends
+    rather than in batches). Call before any engine or server is created. None when
+    neither names a destination: tracing stays off."""
+    global _current  # noqa: PLW0603 - one provider per process
+    if not endpoint and exporter is None:
+        return None
+    # Imported only when on: a process without traces loads none of the SDK.
+    from opentelemetry.instrumentation.redis import RedisInstrumentor  # noqa: PLC0415
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor  # noqa: PLC0415
+    from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export import (  # noqa: PLC0415
+        BatchSpanProcessor,
+        SimpleSpanProcessor,
+    )
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased  # noqa: PLC0415
+
+    shutdown()
+    if exporter is None:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
+            OTLPSpanExporter,
+        )
+
+        exporter = OTLPSpanExporter(endpoint=endpoint)
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service_name}),
+        sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
+    )
+    processor = SimpleSpanProcessor(exporter) if simple else BatchSpanProcessor(exporter)
+    provider.add_span_processor(processor)
+    instrumentors: list[Any] = [SQLAlchemyInstrumentor(), RedisInstrumentor()]
+    for instrumentor in instrumentors:
+        # The SQLAlchemy instrumentation declares < 2.1 but works on 2.1's event API (its
+        # spans are checked by tests/observability).
+        instrumentor.instrument(tracer_provider=provider, skip_dep_check=True)
+    _current = Tracing(provider, instrumentors)
+    return _current
+
+
+def shutdown() -> None:
+    """Flush what is left and undo the instrumentation (a process's end; tests)."""
+    global _current  # noqa: PLW0603 - one provider per process
+    if _current is None:
+        return
+    for instrumentor in _current.instrumentors:
+        instrumentor.uninstrument()
+    _current.provider.shutdown()
+    _current = None
+
+
+def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
+    """The interceptor that makes every RPC a span (but the long streams'); none when off."""
+    if _current is None:
+        return []
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters  # noqa: PLC0415
+
+    skip = filters.any_of(*(filters.method_name(name) for name in STREAMING_METHODS))
+    interceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
+        _current.provider, filter_=filters.negate(skip)
+    )
+    return [cast(grpc.aio.ServerInterceptor, interceptor)]
+
+
+def traceparent() -> str | None:
+    """The W3C `traceparent` of the span current now (the SubmitJob's), for the row."""
+    if _current is None:
+        return None
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier)
+    return carrier.get("traceparent")
+
+
+def linked(parent: str | None) -> list[Link]:
+    """A link to the span a `traceparent` names; none for None or a malformed one."""
+    if not parent:
+        return []
+    ctx = _PROPAGATOR.extract({"traceparent": parent})
+    span_context = trace.get_current_span(ctx).get_span_context()
+    return [Link(span_context)] if span_context.is_valid else []
+
+
+@contextlib.contextmanager
+def span(
+    name: str,
+    *,
+    kind: SpanKind = SpanKind.INTERNAL,
+    links: list[Link] | None = None,
+    attributes: Mapping[str, Any] | None = None,
+    root: bool = False,
+) -> Iterator[trace.Span]:
+    """A span current for the block (a no-op one when off). `root`: it starts a trace of its
+    own instead of joining the current one."""
+    if _current is None:
+        yield trace.INVALID_SPAN
+        return
+    ctx = otel_context.Context() if root else None
+    with _current.tracer.start_as_current_span(
+        name, context=ctx, kind=kind, links=links, attributes=attributes
+    ) as current:
+        yield current
+
+
+def attempt_span(job_id: str, model: str) -> contextlib.AbstractContextManager[trace.Span]:
+    """The span of one attempt of a job: a trace of its own, which the generator links to
+    the submit's once its claim read the row's `traceparent` (see `linked`)."""
+    return span(
+        "darkroom.attempt",
+        kind=SpanKind.CONSUMER,
+        attributes={"darkroom.job_id": job_id, "darkroom.model": model},
+        root=True,
+    )
+
+
+class StreamSpans:
+    """A long server stream traced by its ends (`with StreamSpans(...) as spans:` around
+    the stream, `spans.sent()` after each message): an `open` span from the call's start
+    to its first message and a `close` span at its end, in the caller's trace (from the
+    call's `traceparent` metadata) — never one span for a stream that may stay open for
+    hours. Off, it only counts."""
+
+    def __init__(self, method: str, metadata: Any, attributes: Mapping[str, Any]) -> None:
+        self._method = method
+        self._attributes = {"rpc.system": "grpc", "rpc.method": method, **attributes}
+        self._opening: trace.Span | None = None
+        self._started = time.monotonic()
+        self.messages = 0
+        if _current is not None:
+            carrier = {k: v for k, v in metadata or () if isinstance(v, str)}
+            self._opening = _current.tracer.start_span(
+                f"{method} open",
+                context=_PROPAGATOR.extract(carrier),
+                kind=SpanKind.SERVER,
+                attributes=self._attributes,
+            )
+
+    def __enter__(self) -> StreamSpans:
+        return self
+
+    def sent(self) -> None:
+        """One more message went out; the first ends the opening."""
+        self.messages += 1
+        if self.messages == 1 and self._opening is not None:
+            self._opening.end()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, _tb: Any
+    ) -> None:
+        if self._opening is None or _current is None:
+            return
+        if self.messages == 0:
+            self._opening.end()
+        outcome = "OK" if exc is None else _status_name(exc)
+        attributes = {
+            **self._attributes,
+            "rpc.grpc.status_code": outcome,
+            "darkroom.messages": self.messages,
+            "darkroom.stream_seconds": round(time.monotonic() - self._started, 3),
+        }
+        _current.tracer.start_span(
+            f"{self._method} close",
+            context=trace.set_span_in_context(self._opening),
+            kind=SpanKind.SERVER,
+            attributes=attributes,
+        ).end()
+
+
+def _status_name(exc: BaseException) -> str:
+    """The status a stream that raised `exc` ends with, as the RPC's log line says it."""
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        return "CANCELLED"
+    code = getattr(exc, "code", None)
+    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+
+
+def add_log_ids(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
+    """A structlog processor: `trace_id` and `span_id` of the current span, when there is
+    one (hex, as every tracing backend shows them)."""
+    current = trace.get_current_span()
+    if isinstance(current, NonRecordingSpan) and not current.get_span_context().is_valid:
+        return event
+    span_context = current.get_span_context()
+    if span_context.is_valid:
+        event["trace_id"] = format(span_context.trace_id, "032x")
+        event["span_id"] = format(span_context.span_id, "016x")
+    return event
