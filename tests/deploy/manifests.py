@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,30 +23,37 @@ KUBECTL = shutil.which("kubectl") or (
     "/usr/bin/kubectl" if Path("/usr/bin/kubectl").exists() else None
 )
 WORKLOADS = {"Deployment", "StatefulSet", "Job"}
+CHECK_JSONSCHEMA = Path(sys.executable).with_name("check-jsonschema")
 
 Obj = dict[str, Any]
 
 
-def render(overlay: str, workdir: Path) -> list[Obj]:
-    """`kubectl kustomize` one overlay from a copy of deploy/k8s.
-
-    The gke overlay reads secret files an operator fills in (git-ignored); the copy gets
-    them from the committed `*.example` placeholders.
-    """
-    assert KUBECTL is not None
+def _copy(workdir: Path) -> Path:
+    """A copy of deploy/k8s in `workdir`. The gke overlay reads secret files an operator
+    fills in (git-ignored); the copy gets them from the committed `*.example` placeholders."""
     tree = workdir / "k8s"
     shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns("*.env", "*.crt", "*.key"))
     for example in tree.glob("*/secrets/*.example"):
         shutil.copyfile(example, example.with_suffix(""))
+    return tree
+
+
+def _kustomize(folder: Path) -> list[Obj]:
+    assert KUBECTL is not None
     result = subprocess.run(
-        [KUBECTL, "kustomize", str(tree / overlay)],
+        [KUBECTL, "kustomize", str(folder)],
         capture_output=True,
         text=True,
         check=False,
         timeout=60,
     )
-    assert result.returncode == 0, f"kubectl kustomize {overlay} failed:\n{result.stderr}"
+    assert result.returncode == 0, f"kubectl kustomize {folder.name} failed:\n{result.stderr}"
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def render(overlay: str, workdir: Path) -> list[Obj]:
+    """`kubectl kustomize` one overlay from a copy of deploy/k8s."""
+    return _kustomize(_copy(workdir) / overlay)
 
 
 def of_kind(objects: list[Obj], kind: str) -> list[Obj]:
@@ -107,3 +115,31 @@ def port_of(address: str) -> int:
 def models(objects: list[Obj]) -> list[str]:
     names: list[str] = json.loads(settings(objects)["DARKROOM_MODELS"])
     return names
+
+
+def render_with(overlay: str, components: list[str], workdir: Path) -> list[Obj]:
+    """`kubectl kustomize` of `overlay` with kustomize `components` (folders of deploy/k8s)
+    added to its kustomization.yaml, as an operator adds them to theirs."""
+    folder = _copy(workdir) / overlay
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    kustomization.setdefault("components", []).extend(f"../{name}" for name in components)
+    (folder / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return _kustomize(folder)
+
+
+def check_jsonschema(
+    schema: Path, instances: list[Obj], workdir: Path
+) -> subprocess.CompletedProcess[str]:
+    """`check-jsonschema` of `instances` (written to `workdir`) against `schema`."""
+    files = []
+    for index, instance in enumerate(instances):
+        path = workdir / f"{instance['kind']}-{index}.json"
+        path.write_text(json.dumps(instance))
+        files.append(str(path))
+    return subprocess.run(
+        [str(CHECK_JSONSCHEMA), "--schemafile", str(schema), *files],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )

@@ -4,39 +4,18 @@ deploy/schemas/keda (check-jsonschema)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 
-from tests.deploy.manifests import DEPLOY, KEDA_KINDS, Obj, of_kind
+from tests.deploy.manifests import DEPLOY, KEDA_KINDS, Obj, check_jsonschema, of_kind
 
 KUBERNETES_VERSION = "1.32.0"
 SCHEMAS = {
     "ScaledObject": DEPLOY / "schemas" / "keda" / "scaledobject-v1alpha1.json",
     "TriggerAuthentication": DEPLOY / "schemas" / "keda" / "triggerauthentication-v1alpha1.json",
 }
-CHECK_JSONSCHEMA = Path(sys.executable).with_name("check-jsonschema")
-
-
-def check_jsonschema(
-    schema: Path, instances: list[Obj], workdir: Path
-) -> subprocess.CompletedProcess[str]:
-    files = []
-    for index, instance in enumerate(instances):
-        path = workdir / f"{instance['kind']}-{index}.json"
-        path.write_text(json.dumps(instance))
-        files.append(str(path))
-    return subprocess.run(
-        [str(CHECK_JSONSCHEMA), "--schemafile", str(schema), *files],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
 
 
 def test_overlay_renders_every_part(objects: list[Obj]) -> None:
@@ -48,7 +27,7 @@ def test_overlay_renders_every_part(objects: list[Obj]) -> None:
     }  # fmt: skip
     assert expected <= kinds
     names = {obj["metadata"]["name"] for obj in of_kind(objects, "Deployment")}
-    assert {"darkroom-jobs", "darkroom-events", "darkroom-reconciler"} <= names
+    assert {"darkroom-jobs", "darkroom-events", "darkroom-reconciler", "darkroom-gateway"} <= names
     assert all(
         obj["metadata"].get("namespace") == "darkroom"
         for obj in objects

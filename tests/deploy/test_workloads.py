@@ -4,12 +4,14 @@ Secret references that resolve, and settings every process knows."""
 
 from __future__ import annotations
 
+import inspect
 import re
 
 import pytest
 
 from darkroom.config import Settings
 from darkroom.server import check_exposure, is_loopback
+from darkroom_client import defaults
 from tests.deploy.manifests import (
     WORKLOADS,
     Obj,
@@ -24,6 +26,14 @@ from tests.deploy.manifests import (
     secret_data,
     settings,
 )
+
+METRICS_PORT = 9464
+# Not server settings but the Python client's (darkroom_client.defaults), which the
+# gateway's upstream client reads: TLS to Jobs and Events.
+CLIENT_VARIABLES = {
+    "DARKROOM_TLS", "DARKROOM_TLS_CA_FILE", "DARKROOM_TLS_CLIENT_CERT_FILE",
+    "DARKROOM_TLS_CLIENT_KEY_FILE",
+}  # fmt: skip
 
 
 def workloads(objects: list[Obj]) -> list[Obj]:
@@ -136,9 +146,35 @@ def test_servers_have_grpc_probes_on_their_health_port(
     assert health != api_port
     for probe in ("readinessProbe", "livenessProbe"):
         assert main[probe]["grpc"]["port"] == health, probe
-    assert {p["containerPort"] for p in main["ports"]} == {api_port, health}
+    assert {p["containerPort"] for p in main["ports"]} == {api_port, health, METRICS_PORT}
     service_obj = named(objects, "Service", f"darkroom-{service}")
     assert [p["port"] for p in service_obj["spec"]["ports"]] == [api_port]
+
+
+def test_the_gateway_calls_the_services_and_is_probed_on_its_port(
+    objects: list[Obj], overlay: str
+) -> None:
+    deployment = named(objects, "Deployment", "darkroom-gateway")
+    (main,) = containers(deployment, init=False)
+    env = env_of(objects, main)
+    listen = port_of(env["DARKROOM_GATEWAY_ADDRESS"])
+    ports = {p["name"]: p["containerPort"] for p in main["ports"]}
+    assert set(ports.values()) == {listen, METRICS_PORT}
+    scheme = "HTTPS" if overlay == "gke" else "HTTP"  # gke serves TLS, dev plaintext
+    for probe in ("readinessProbe", "livenessProbe"):
+        http = main[probe]["httpGet"]
+        assert http["path"] == "/healthz"
+        assert ports.get(http["port"]) == listen
+        assert http["scheme"] == scheme
+    service = named(objects, "Service", "darkroom-gateway")
+    assert [p["port"] for p in service["spec"]["ports"]] == [listen]
+    for target, api in (("JOBS", "jobs"), ("EVENTS", "events")):
+        host, _, port = env[f"DARKROOM_GATEWAY_{target}_TARGET"].rpartition(":")
+        upstream = named(objects, "Service", host)
+        assert component(upstream) == api
+        assert [p["port"] for p in upstream["spec"]["ports"]] == [int(port)]
+    if overlay == "gke":
+        assert env["DARKROOM_TLS"] == "1", "TLS to Jobs and Events"
 
 
 def test_reconciler_has_no_probes(objects: list[Obj]) -> None:
@@ -155,7 +191,7 @@ def test_termination_grace_covers_prestop_and_shutdown_grace(objects: list[Obj])
         grace = float(env_of(objects, main)["DARKROOM_SHUTDOWN_GRACE"])
         pre_stop = main.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
         sleep = float(pre_stop[1]) if pre_stop and pre_stop[0] == "sleep" else 0.0
-        if component(deployment) in {"jobs", "events", "generator"}:
+        if component(deployment) in {"jobs", "events", "gateway", "generator"}:
             assert sleep > 0, (
                 f"{deployment['metadata']['name']}: preStop sleep lets endpoints drain"
             )
@@ -196,6 +232,9 @@ def test_every_referenced_secret_and_key_exists(objects: list[Obj]) -> None:
 
 def test_every_darkroom_variable_is_a_setting(objects: list[Obj]) -> None:
     known = {f"DARKROOM_{name.upper()}" for name in Settings.model_fields}
+    client = inspect.getsource(defaults.credentials_from_env)
+    assert all(f'"{name}"' in client for name in CLIENT_VARIABLES), "the client reads them"
+    known |= CLIENT_VARIABLES
     names = set(settings(objects))
     for secret in of_kind(objects, "Secret"):
         names |= secret_data(secret).keys()
@@ -228,6 +267,7 @@ def test_autoscaling_and_disruption_budgets(objects: list[Obj]) -> None:
     for deployment in [
         named(objects, "Deployment", "darkroom-jobs"),
         named(objects, "Deployment", "darkroom-events"),
+        named(objects, "Deployment", "darkroom-gateway"),
         *generators(objects),
     ]:
         labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -239,7 +279,7 @@ def test_api_ports_have_ingress_policies(objects: list[Obj]) -> None:
     policies = of_kind(objects, "NetworkPolicy")
     assert any(p["spec"]["podSelector"] == {} and p["spec"]["policyTypes"] == ["Ingress"]
                for p in policies), "default-deny ingress"  # fmt: skip
-    for service, port in (("jobs", 50051), ("events", 50052)):
+    for service, port in (("jobs", 50051), ("events", 50052), ("gateway", 8443)):
         selected = [
             p for p in policies
             if p["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/component")
@@ -301,13 +341,15 @@ def test_dev_runs_plaintext_with_its_own_stores(rendered: dict[str, list[Obj]]) 
 def test_the_dev_servers_would_start_with_their_settings(
     rendered: dict[str, list[Obj]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The settings the dev overlay gives Jobs and Events pass the servers' own start
-    checks (a non-loopback address refuses the development token and bare plaintext)."""
+    """The settings the dev overlay gives Jobs, Events and the gateway pass the servers'
+    own start checks (a non-loopback address refuses the development token and bare
+    plaintext; the gateway also needs a session secret there)."""
     objects = rendered["dev"]
     secrets = secret_data(named(objects, "Secret", "darkroom-secrets"))
     for name, address_setting in (
         ("darkroom-jobs", "jobs_address"),
         ("darkroom-events", "events_address"),
+        ("darkroom-gateway", "gateway_address"),
     ):
         (server,) = containers(named(objects, "Deployment", name), init=False)
         for variable, value in {**env_of(objects, server), **secrets}.items():
@@ -316,5 +358,7 @@ def test_the_dev_servers_would_start_with_their_settings(
         address = getattr(loaded, address_setting)
         assert not is_loopback(address)
         check_exposure(address, loaded)
+        if address_setting == "gateway_address":
+            assert loaded.gateway_session_secret
         for variable in {**env_of(objects, server), **secrets}:
             monkeypatch.delenv(variable)
