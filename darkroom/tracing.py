@@ -42,7 +42,7 @@ __all__ = [
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 # Methods whose calls are streams that live as long as a watcher: no span for their life.
-STREAMING_METHODS = ("WatchJob",)
+STREAM_SUFFIXES = ("/WatchJob",)
 
 
 class Tracing:
@@ -124,11 +124,15 @@ def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
     """The interceptor that makes every RPC a span (but the long streams'); none when off."""
     if _current is None:
         return []
-    from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters  # noqa: PLC0415
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor  # noqa: PLC0415
 
-    skip = filters.any_of(*(filters.method_name(name) for name in STREAMING_METHODS))
+    # A plain test of the method's name: the library's own filters cost 4% of a submit's
+    # CPU (a Protocol isinstance check per call).
+    def traced(details: grpc.HandlerCallDetails) -> bool:
+        return not details.method.endswith(STREAM_SUFFIXES)
+
     interceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
-        _current.provider, filter_=filters.negate(skip)
+        _current.provider, filter_=traced
     )
     return [cast(grpc.aio.ServerInterceptor, interceptor)]
 
