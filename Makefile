@@ -84,7 +84,7 @@ generator: install tiny-model  ## Run one Generator (DARKROOM_GENERATOR_MODEL_PA
 reconciler: install  ## Run the reconciler (requeues lost work; safe to run several).
 	$(PY) -m darkroom.services.reconciler
 
-chaos: install  ## 2,000 jobs under random faults (kills, flushes, poison, junk, OOM), then the checker's table.
+chaos: install  ## 2,000 jobs under random faults (kills, SIGTERMs past queue deadlines, flushes, Redis refusing writes, poison, junk, slow uploads), then the checker's table.
 	$(PY) -m tests.faults.chaos $(CHAOS_ARGS)
 
 tiny-model: .darkroom/models/tiny-sd/model_index.json  ## Build the tiny random Stable Diffusion model.

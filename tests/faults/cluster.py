@@ -231,8 +231,10 @@ def own_servers() -> Servers:
     return Servers(postgres, _redis_on(port), port)
 
 
-async def open_cluster(servers: Servers) -> Cluster:
-    """A fresh database and key prefix on `servers`, with Jobs and Events running."""
+async def open_cluster(servers: Servers, models: tuple[str, ...] = ("tiny-sd",)) -> Cluster:
+    """A fresh database and key prefix on `servers`, with Jobs and Events running; the
+    first of `models` is the default (a generator serves another by
+    `DARKROOM_GENERATOR_MODEL`)."""
     name = f"darkroom_fault_{next(_numbers)}_{os.getpid()}"
     url = create_database(servers.postgres.url, name)
     await asyncio.to_thread(db.migrate, url)
@@ -242,7 +244,7 @@ async def open_cluster(servers: Servers) -> Cluster:
         redis_url=servers.redis.url,
         key_prefix=f"faults{next(_numbers)}",
         storage_url=str(storage),
-        models=["tiny-sd"],
+        models=list(models),
         auth_tokens={"alice-token": "alice"},
         lease=timedelta(seconds=2),
         heartbeat_interval=timedelta(milliseconds=500),

@@ -38,6 +38,10 @@ METADATA = (("authorization", "Bearer alice-token"),)
 # Most tests shorten the timeouts to run quickly (the mechanism is the same); the first
 # blackhole test keeps the defaults, the bound the README states.
 SHORT = {"database_timeout": timedelta(seconds=1), "enqueue_timeout": timedelta(seconds=0.5)}
+# What an answer may take past the bound: the bound counts the server's own timeouts, not
+# the gRPC round trip, the event loop's turn to notice a timer, or the abandoned
+# connection's close, which a loaded machine (2 busy cores) stretches to a few hundred ms.
+SLACK = 1.0
 _numbers = itertools.count()
 
 
@@ -92,6 +96,10 @@ class World:
     @property
     def bound(self) -> float:
         return self.settings.request_bound.total_seconds()
+
+    def within_bound(self, outcome: Outcome) -> bool:
+        """Whether `outcome` came within the documented bound, plus `SLACK`."""
+        return outcome.seconds < self.bound + SLACK
 
     def submit(
         self, request: jobs_service_pb2.SubmitJobRequest, timeout: float | None = None
@@ -250,7 +258,7 @@ async def test_a_blackholed_database_answers_unavailable_within_the_documented_b
         )
         for outcome in outcomes:
             assert outcome.code == grpc.StatusCode.UNAVAILABLE, outcome
-            assert outcome.seconds < 2 * world.bound, outcome
+            assert world.within_bound(outcome), outcome
 
         world.postgres.restore()
         # It recovers by itself: the very next calls succeed.
@@ -273,7 +281,7 @@ async def test_a_submit_whose_answer_is_lost_is_found_by_its_request_id(world: W
     request = submit_request("answer lost")
     outcome = await timed(world.submit(request))
     assert outcome.code == grpc.StatusCode.UNAVAILABLE
-    assert outcome.seconds < 2 * world.bound
+    assert world.within_bound(outcome), outcome
     assert "submit again with the same request_id" in outcome.details
     [recorded] = await world.rows(request.request_id)
     world.postgres.restore()
@@ -314,11 +322,11 @@ async def test_a_blackholed_redis_still_accepts_jobs_and_the_reconciler_enqueues
     for outcome in outcomes:
         # The row is the truth: committed, so OK, however Redis fares.
         assert outcome.code == grpc.StatusCode.OK, outcome
-        assert outcome.seconds < 2 * world.bound
+        assert world.within_bound(outcome), outcome
     job_id = outcomes[0].response.job.id
     cancel = await timed(world.cancel(outcomes[1].response.job.id))
     assert cancel.code == grpc.StatusCode.OK, cancel
-    assert cancel.seconds < 2 * world.bound
+    assert world.within_bound(cancel), cancel
     assert (await timed(world.get(job_id))).code == grpc.StatusCode.OK
     # A long partition: the announces waiting in the buffers never arrive.
     await world.redis.sever()
