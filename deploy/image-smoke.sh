@@ -117,6 +117,18 @@ cleanup() {
     psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" || true
   fi
   if [ -n "${STORE:-}" ]; then rm -rf "$STORE"; fi
+  # The run's Redis keys (its prefix is its own), some of which have no expiry.
+  if [ -n "${RUN_ID:-}" ]; then
+    .venv/bin/python - "$RUN_ID" <<'PY' || true
+import sys
+import redis
+
+client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+keys = list(client.scan_iter(f"{sys.argv[1]}:*", count=1000))
+if keys:
+    client.delete(*keys)
+PY
+  fi
 }
 
 run_stack() {
