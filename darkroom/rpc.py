@@ -16,7 +16,7 @@ import grpc
 import structlog
 from grpc_status import rpc_status
 
-from darkroom import metrics
+from darkroom import metrics, tracing
 from darkroom.auth import Authenticator
 from darkroom.errors import (
     DarkroomError,
@@ -88,6 +88,18 @@ def unary(method: str) -> Callable[[Handler[RequestT, ResponseT]], Wrapped[Reque
         async def wrapper(
             self: Servicer, request: RequestT, context: grpc.aio.ServicerContext[Any, Any]
         ) -> ResponseT:
+            if not tracing.enabled():
+                return await call(self, request, context, None)
+            metadata = context.invocation_metadata()
+            with tracing.server_span(service_of(self), method, metadata) as span:
+                return await call(self, request, context, span)
+
+        async def call(
+            self: Servicer,
+            request: RequestT,
+            context: grpc.aio.ServicerContext[Any, Any],
+            span: tracing.Span | None,
+        ) -> ResponseT:
             structlog.contextvars.clear_contextvars()
             structlog.contextvars.bind_contextvars(method=method)
             started = time.perf_counter()
@@ -100,8 +112,11 @@ def unary(method: str) -> Callable[[Handler[RequestT, ResponseT]], Wrapped[Reque
                 error = to_error(exc, method)
             elapsed = time.perf_counter() - started
             elapsed_ms = round(elapsed * 1000, 3)
+            code = grpc.StatusCode.OK if error is None else error.code
             if metrics.enabled():
-                _count_unary(self, method, "OK" if error is None else error.code.name, elapsed)
+                _count_unary(self, method, code.name, elapsed)
+            if span is not None:
+                tracing.set_code(span, code)
             if error is None:
                 log.info("rpc", code="OK", duration_ms=elapsed_ms)
                 return response

@@ -23,7 +23,6 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from darkroom import tracing
 from darkroom.auth import holds_dev_token
 from darkroom.config import Settings
 from darkroom.rpc import RequestGuard
@@ -177,9 +176,7 @@ async def create_server(
     address, credentials, health_address = listen.address, listen.credentials, listen.health_address
     # The guard keeps a request that does not parse from answering UNKNOWN with the
     # parser's exception text: it becomes INVALID_ARGUMENT like any other bad input.
-    # With tracing on, a span around every call (outermost, so it sees the whole call).
-    interceptors = [*tracing.server_interceptors(), RequestGuard()]
-    server = grpc.aio.server(options=list(SERVER_OPTIONS), interceptors=interceptors)
+    server = grpc.aio.server(options=list(SERVER_OPTIONS), interceptors=[RequestGuard()])
     service_names = list(register(server))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -50,15 +50,12 @@ class Runner:
         structlog.contextvars.bind_contextvars(job_id=str(job_id))
         s = self.services
         model = s.settings.served_model
-        # The attempt's span covers its claim too; its link to the submit comes with the row.
-        with tracing.attempt_span(str(job_id), model) as span:
-            row = await s.lifecycle.claim(job_id, queued_attempt, s.worker_id, s.settings.lease)
-            if row is None:  # a duplicate, late or expired delivery
-                log.info("delivery_ignored", queued_attempt=queued_attempt)
-                return
-            span.set_attribute("darkroom.attempt", row.attempt)
-            for link in tracing.linked(row.traceparent):
-                span.add_link(link.context)
+        claiming = time.time_ns()  # the attempt's span starts with its claim
+        row = await s.lifecycle.claim(job_id, queued_attempt, s.worker_id, s.settings.lease)
+        if row is None:  # a duplicate, late or expired delivery
+            log.info("delivery_ignored", queued_attempt=queued_attempt)
+            return
+        with tracing.attempt_span(str(job_id), model, row.attempt, row.traceparent, claiming):
             structlog.contextvars.bind_contextvars(attempt=row.attempt)
             log.info("attempt_started", worker_id=s.worker_id)
             self.current = Attempt(s, row)

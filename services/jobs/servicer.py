@@ -136,8 +136,8 @@ class JobsServicer(jobs_service_pb2_grpc.JobsServiceServicer):
         self, request: jobs_service_pb2.SubmitJobRequest, context: Context, owner: str
     ) -> jobs_service_pb2.SubmitJobResponse:
         job = validate_submit(request, self.settings)
-        if tracing.enabled():
-            job = dataclasses.replace(job, traceparent=tracing.traceparent())
+        if tracing.enabled() and (parent := tracing.traceparent()) is not None:
+            job = dataclasses.replace(job, traceparent=parent)
         await self._admit(owner, job)
         row, created = await self.submits.submit(owner, job)
         structlog.contextvars.bind_contextvars(job_id=str(row.id))

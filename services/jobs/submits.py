@@ -198,12 +198,16 @@ def _insert_span(batch: Sequence[_Submit]) -> contextlib.AbstractContextManager[
     """With tracing on, the batch's insert as one span linked to every submit in it."""
     if not tracing.enabled():
         return contextlib.nullcontext()
+    # Only sampled submits carry a traceparent: a batch of none makes no span.
     links = [link for submit in batch for link in tracing.linked(submit.job.traceparent)]
+    if not links:
+        return contextlib.nullcontext()
     return tracing.span(
         "darkroom.submit.insert",
         kind=SpanKind.CLIENT,
         links=links,
         attributes={"db.system": "postgresql", "darkroom.batch_size": len(batch)},
+        root=True,
     )
 
 

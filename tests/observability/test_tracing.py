@@ -5,7 +5,8 @@ within their calls, and a WatchJob stream is traced by its two ends only."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Sequence
 
 import grpc
 import pytest
@@ -14,7 +15,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from darkroom import tracing
-from darkroom.v1 import events_service_pb2, events_service_pb2_grpc, job_pb2, jobs_service_pb2_grpc
+from darkroom.v1 import (
+    events_service_pb2,
+    events_service_pb2_grpc,
+    job_pb2,
+    jobs_service_pb2,
+    jobs_service_pb2_grpc,
+)
 from tests.clients.conftest import StackFactory
 from tests.helpers import Caller
 
@@ -130,6 +137,59 @@ def test_log_lines_carry_the_ids_of_their_span(spans: InMemorySpanExporter) -> N
 def test_off_means_no_spans_and_no_ids() -> None:
     assert not tracing.enabled()
     assert tracing.traceparent() is None
-    assert tracing.server_interceptors() == []
     with tracing.span("darkroom.test"):
         assert "trace_id" not in tracing.add_log_ids(None, "info", {"event": "x"})
+
+
+async def test_at_ratio_zero_only_a_caller_sampled_trace_is_recorded_and_its_attempt_follows(
+    make_stack: StackFactory,
+) -> None:
+    exporter = InMemorySpanExporter()
+    tracing.configure("darkroom-test", "", exporter=exporter, simple=True, sample_ratio=0.0)
+    try:
+        stack = await make_stack()
+        caller_trace, caller_span = 0x0AF7651916CD43DD8448EB211C80319C, 0x00F067AA0BA902B7
+        sampled = f"00-{caller_trace:032x}-{caller_span:016x}-01"
+        async with grpc.aio.insecure_channel(stack.jobs_target) as channel:
+            caller = Caller(jobs_service_pb2_grpc.JobsServiceStub(channel), "alice-token")
+            quiet = (await caller.submit(width=64, height=64, steps=2)).job.id
+            request_id = str(uuid.uuid4())
+            traced = (
+                await caller.stub.SubmitJob(
+                    jobs_service_pb2.SubmitJobRequest(
+                        request_id=request_id,
+                        spec=job_pb2.JobSpec(prompt="a lighthouse", width=64, height=64, steps=2),
+                    ),
+                    metadata=(*caller.metadata, ("traceparent", sampled)),
+                )
+            ).job.id
+            async with asyncio.timeout(30):
+                for job_id in (quiet, traced):
+                    while (await caller.get(job_id)).state != job_pb2.JOB_STATE_SUCCEEDED:
+                        await asyncio.sleep(0.05)
+        finished = exporter.get_finished_spans()
+        attempts = {
+            span.attributes["darkroom.job_id"]: span
+            for span in finished
+            if span.name == "darkroom.attempt" and span.attributes
+        }
+        # The caller's sampled trace: its SubmitJob span is a child of the caller's span,
+        # and the attempt, at ratio 0, is recorded because it links to a sampled span.
+        [submit] = [
+            span
+            for span in _named_in(finished, "/darkroom.v1.JobsService/SubmitJob")
+            if span.context.trace_id == caller_trace
+        ]
+        assert submit.parent is not None
+        assert submit.parent.span_id == caller_span
+        assert set(attempts) == {traced}
+        assert [link.context.span_id for link in attempts[traced].links] == [submit.context.span_id]
+        # Nothing else was recorded: not the other submit, nor any GetJob.
+        servers = {span.context.trace_id for span in finished if span.kind == SpanKind.SERVER}
+        assert servers == {caller_trace}
+    finally:
+        tracing.shutdown()
+
+
+def _named_in(spans: Sequence[ReadableSpan], name: str) -> list[ReadableSpan]:
+    return [span for span in spans if span.name == name]
