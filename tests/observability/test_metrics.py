@@ -57,16 +57,11 @@ def http_get(url: str) -> tuple[int, bytes]:
 
 
 async def watch(stub: object, job_id: str) -> list[events_service_pb2.JobEvent]:
-    """Every event of one job's stream, to its terminal event."""
+    """Every event of one job's stream, which ends by itself after the terminal event."""
     request = events_service_pb2.WatchJobRequest(job_id=job_id)
-    call = stub.WatchJob(request, metadata=(("authorization", f"Bearer {DEV_TOKEN}"),))  # type: ignore[attr-defined]
-    received = []
-    async for response in call:
-        received.append(response.event)
-        if response.event.WhichOneof("kind") in {"succeeded", "failed", "cancelled"}:
-            break
-    call.cancel()
-    return received
+    metadata = (("authorization", f"Bearer {DEV_TOKEN}"),)
+    call = stub.WatchJob(request, metadata=metadata, timeout=60)  # type: ignore[attr-defined]
+    return [response.event async for response in call]
 
 
 async def test_every_process_serves_metrics_that_add_up_to_the_job_table(world: World) -> None:
