@@ -14,13 +14,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import threading
 import urllib.request
-from collections.abc import Iterator
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench.context import Context
+from bench.env import AUTH
 from bench.load import LoadResult, closed_loop
 from bench.overhead import START_TIMEOUT_S, Client, _python, paused
 from bench.procs import ROOT, Child, spawn, stop, wait_healthy
@@ -28,8 +32,15 @@ from bench.stats import Figure, Goal, Section, percentile
 from bench.submit import WARMUP_SECONDS, Submitters
 from darkroom import devservers
 from darkroom.config import Settings
+from darkroom.v1 import job_pb2, jobs_service_pb2
 
 SIZE, STEPS = 64, 4
+# The submit rounds' jobs are for a model no generator serves: thousands of them must not
+# queue before the jobs timed on the tiny model.
+UNSERVED = "bench-unserved"
+SUBMIT_SPEC = job_pb2.JobSpec(
+    prompt="a lighthouse at dusk", width=64, height=64, steps=1, model=UNSERVED
+)
 GOAL = Goal("<= 3% cost", 0.97, at_most=False, on_ratio=True)
 GOAL_TIME = Goal("<= 3% cost", 1.03, on_ratio=True)
 
@@ -51,10 +62,19 @@ class Stack:
 
 
 async def _stack(
-    ctx: Context, name: str, model_dir: str, *, metrics: bool, sink_port: int | None
+    ctx: Context,
+    name: str,
+    model_dir: str,
+    *,
+    metrics: bool,
+    sink_port: int | None,
+    sample_ratio: float = 1.0,
 ) -> Stack:
     settings = ctx.env.settings(
-        f"obs-{name}", generator_model_path=model_dir, generator_device="cpu"
+        f"obs-{name}",
+        generator_model_path=model_dir,
+        generator_device="cpu",
+        models=["tiny-sd", UNSERVED],
     )
     port = devservers.free_port()
     ports = [devservers.free_port(), devservers.free_port()] if metrics else []
@@ -63,6 +83,7 @@ async def _stack(
         env = {"DARKROOM_METRICS_ADDRESS": f"127.0.0.1:{ports[index]}"} if metrics else {}
         if sink_port:
             env["DARKROOM_TRACES_ENDPOINT"] = f"http://127.0.0.1:{sink_port}"
+            env["DARKROOM_TRACES_SAMPLE_RATIO"] = str(sample_ratio)
         return env
 
     jobs = await spawn(
@@ -106,24 +127,58 @@ def scraping(ports: list[int], every_s: float = 1.0) -> Iterator[list[int]]:
         thread.join()
 
 
-async def _submits(ctx: Context, off: Stack, metrics_only: Stack, on: Stack) -> list[Figure]:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _submitting(submitters: Submitters) -> Callable[[], Awaitable[None]]:
+    """SubmitJob of an unserved model's job, over the submitters' channels by turns."""
+
+    async def submit() -> None:
+        stub = submitters.stubs[next(submitters.counter) % len(submitters.stubs)]
+        request = jobs_service_pb2.SubmitJobRequest(request_id=str(uuid.uuid4()), spec=SUBMIT_SPEC)
+        await stub.SubmitJob(request, metadata=AUTH, timeout=10)
+
+    return submit
+
+
+# The sides of the submit figures: (stack name, what is on).
+SUBMIT_SIDES = {
+    "metrics": "metrics on",
+    "on": "metrics and every trace on",
+    "sampled": "metrics on, 10% of traces",
+}
+# Rounds a side; each round starts at the next side, so that every side takes every place
+# in the order equally (the first place was worth 15% here).
+ROUNDS_PER_PLACE = 2
+WARMUP_JOBS = 4
+
+
+async def _submits(ctx: Context, stacks: list[Stack]) -> list[Figure]:
     n = ctx.options.concurrency
     seconds = ctx.options.saturation_seconds / 2
-    stacks = (off, metrics_only, on)
     sides = {s.name: Submitters(s.settings, s.port, ctx.options.channels) for s in stacks}
     results: dict[str, list[LoadResult]] = {s.name: [] for s in stacks}
+    cpu = dict.fromkeys(results, 0.0)
+    rounds = ROUNDS_PER_PLACE * len(stacks)
     try:
         for submitters in sides.values():
-            await closed_loop(submitters.through_grpc, n, WARMUP_SECONDS)
+            await closed_loop(_submitting(submitters), n, WARMUP_SECONDS)
         ctx.say(
-            f"observability: submit saturation, {n} in flight, 2 rounds a side of {seconds:g} s"
+            f"observability: submit saturation, {n} in flight, {rounds} rounds a side of "
+            f"{seconds:g} s"
         )
-        with scraping([*metrics_only.metrics_ports, *on.metrics_ports]):
-            for _ in range(2):
-                for stack in stacks:
+        with scraping([port for stack in stacks for port in stack.metrics_ports]):
+            for round_number in range(rounds):
+                first = round_number % len(stacks)
+                for stack in [*stacks[first:], *stacks[:first]]:
                     # The other sides' processes are frozen: only this one's server runs.
                     with paused([p for s in stacks if s is not stack for p in s.pids]):
-                        run = await closed_loop(sides[stack.name].through_grpc, n, seconds)
+                        began = _cpu_seconds(stack.jobs.pid)
+                        run = await closed_loop(_submitting(sides[stack.name]), n, seconds)
+                        cpu[stack.name] += _cpu_seconds(stack.jobs.pid) - began
                     results[stack.name].append(run)
     finally:
         for submitters in sides.values():
@@ -133,28 +188,34 @@ async def _submits(ctx: Context, off: Stack, metrics_only: Stack, on: Stack) -> 
         runs = results[name]
         return sum(run.ok for run in runs) / sum(run.elapsed for run in runs)
 
+    def cpu_per_submit(name: str) -> float:
+        return 1e6 * cpu[name] / max(1, sum(run.ok for run in results[name]))
+
     details = {name: [run.as_dict() for run in runs] for name, runs in results.items()}
     base = "the same Jobs server with metrics and tracing off, rounds alternated"
     return [
         Figure(
             "observability",
-            f"accepted submits/s, metrics on ({n} in flight)",
+            f"accepted submits/s, {label} ({n} in flight)",
             "/s",
-            rate("metrics"),
+            rate(name),
             rate("off"),
             base,
             goals=[GOAL],
-            details=details,
-        ),
+            details={name: details[name], "off": details["off"]},
+        )
+        for name, label in SUBMIT_SIDES.items()
+    ] + [
         Figure(
             "observability",
-            f"accepted submits/s, metrics and every trace on ({n} in flight)",
-            "/s",
-            rate("on"),
-            rate("off"),
-            base,
-            goals=[GOAL],
-        ),
+            f"Jobs server CPU per accepted submit, {label}",
+            "µs",
+            cpu_per_submit(name),
+            cpu_per_submit("off"),
+            "the same Jobs server with metrics and tracing off (its CPU over the same rounds)",
+            goals=[GOAL_TIME],
+        )
+        for name, label in SUBMIT_SIDES.items()
     ]
 
 
@@ -165,14 +226,14 @@ async def _jobs(ctx: Context, off: Stack, on: Stack) -> list[Figure]:
     times: dict[str, list[float]] = {"off": [], "on": []}
     n = ctx.options.overhead_jobs
     try:
-        for name, client in clients.items():
-            with paused(others[name]):
-                for _ in range(2):
+        for _ in range(WARMUP_JOBS):  # by turns too: the first jobs after a freeze are slow
+            for name, client in clients.items():
+                with paused(others[name]):
                     await client.finished(await client.submit(SIZE, STEPS), START_TIMEOUT_S)
         ctx.say(f"observability: {n} jobs a side at {SIZE}x{SIZE}, {STEPS} steps, by turns")
         with scraping(on.metrics_ports):
-            for _ in range(n):
-                for name in ("off", "on"):
+            for turn in range(n):
+                for name in ("off", "on") if turn % 2 == 0 else ("on", "off"):
                     with paused(others[name]):
                         began = asyncio.get_running_loop().time()
                         job_id = await clients[name].submit(SIZE, STEPS)
@@ -225,12 +286,19 @@ async def run(ctx: Context) -> Section:
     stacks: list[Stack] = []
     exported: dict[str, int] = {}
     try:
-        stacks.append(await _stack(ctx, "off", str(model_dir), metrics=False, sink_port=None))
-        stacks.append(await _stack(ctx, "metrics", str(model_dir), metrics=True, sink_port=None))
-        stacks.append(await _stack(ctx, "on", str(model_dir), metrics=True, sink_port=sink_port))
-        off, metrics_only, on = stacks
-        section.figures += await _submits(ctx, off, metrics_only, on)
-        with paused(metrics_only.pids):  # idle, but its loops would share the CPU
+        folder = str(model_dir)
+        stacks.append(await _stack(ctx, "off", folder, metrics=False, sink_port=None))
+        stacks.append(await _stack(ctx, "metrics", folder, metrics=True, sink_port=None))
+        stacks.append(await _stack(ctx, "on", folder, metrics=True, sink_port=sink_port))
+        stacks.append(
+            await _stack(
+                ctx, "sampled", folder, metrics=True, sink_port=sink_port, sample_ratio=0.1
+            )
+        )
+        off, _, on, _ = stacks
+        section.figures += await _submits(ctx, stacks)
+        # The sides not compared are idle, but their loops would share the CPU.
+        with paused([pid for stack in stacks[1::2] for pid in stack.pids]):
             section.figures += await _jobs(ctx, off, on)
     finally:
         for stack in stacks:
@@ -242,11 +310,14 @@ async def run(ctx: Context) -> Section:
             exported = json.loads(out.decode().strip().splitlines()[-1])
     section.notes.append(
         "Off: `DARKROOM_METRICS_ADDRESS` and `DARKROOM_TRACES_ENDPOINT` empty (nothing counted, "
-        "nothing instrumented). On: both set, every trace recorded (`DARKROOM_TRACES_SAMPLE_RATIO` "
-        "1), spans batched to an OTLP/gRPC collector in its own process that keeps nothing "
+        "nothing instrumented). Metrics on: the address set. Traces on: both set, every trace "
+        "recorded (`DARKROOM_TRACES_SAMPLE_RATIO=1`) or one in ten (`0.1`), spans batched to "
+        "an OTLP/gRPC collector in its own process that keeps nothing "
         f"(it took {exported.get('spans', '?')} spans in {exported.get('requests', '?')} "
-        "exports), and both /metrics scraped every second. Submit: four saturation rounds, "
-        "alternating off and on, on one database; per job: jobs on the tiny model by turns, "
-        "the other stack frozen (SIGSTOP) meanwhile."
+        "exports), and every /metrics scraped every second. Submit: saturation rounds taken "
+        "by turns, each round starting at the next side, the other sides frozen (SIGSTOP), on "
+        "one database; per "
+        "job: jobs on the tiny model through the off and every-trace stacks by turns, the "
+        "others frozen meanwhile."
     )
     return section
