@@ -45,7 +45,7 @@ class _Server(uvicorn.Server):
 @dataclass
 class Receiver:
     """Answers by `script` (one word a POST, then `default`): ok (200), fail (500),
-    redirect (302), hang (never answers), big (200 with 64 KiB)."""
+    redirect (302), hang (never answers), slow (200 after 0.2 s), big (200 with 64 KiB)."""
 
     script: list[str] = field(default_factory=list)
     default: str = "ok"
@@ -70,6 +70,8 @@ class Receiver:
             return RedirectResponse("https://elsewhere.example/hook", status_code=302)
         if how == "hang":
             await asyncio.Event().wait()
+        if how == "slow":
+            await asyncio.sleep(0.2)
         if how == "big":
             return PlainTextResponse("x" * 65_536)
         return PlainTextResponse("thanks")
