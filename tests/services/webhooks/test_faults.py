@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -58,22 +58,21 @@ async def test_a_worker_killed_mid_post_is_followed_by_another_with_the_same_id(
     row = await finish_job(receiver.url())
     command = [sys.executable, "-m", "darkroom.services.webhooks"]
     env = _environment(webhook_settings)
-    first = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    first = await asyncio.create_subprocess_exec(*command, env=env, stderr=subprocess.DEVNULL)
     try:
         [held] = await receiver.wait_for(1)
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
     finally:
-        first.kill()
+        first.send_signal(signal.SIGKILL)
+        await first.wait()
     # Due again when the killed worker's lease ends (11 s, a little over its timeout).
     env["DARKROOM_WORKER_ID"] = "the-second"
-    second = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    second = await asyncio.create_subprocess_exec(*command, env=env, stderr=subprocess.DEVNULL)
     try:
         calls = await receiver.wait_for(2, timeout=30)
         [logged] = await settled(delivery_log, "alice", row.id)
     finally:
         second.send_signal(signal.SIGTERM)
-        second.wait(10)
+        await asyncio.wait_for(second.wait(), 10)
     assert calls[1].id == held.id
     secret = await endpoints.signing_secret("alice")
     assert held.verify(secret) == calls[1].verify(secret)
@@ -151,12 +150,10 @@ def private_servers() -> Iterator[Servers]:
 
 
 @pytest.fixture
-async def private_settings(
-    private_servers: Servers, webhook_settings: Settings
-) -> AsyncIterator[Settings]:
+async def private_settings(private_servers: Servers, webhook_settings: Settings) -> Settings:
     url = create_database(private_servers.postgres.url, f"darkroom_webhooks_{uuid.uuid4().hex[:8]}")
     await asyncio.to_thread(db.migrate, url)
-    yield webhook_settings.model_copy(
+    return webhook_settings.model_copy(
         update={
             "database_url": url,
             "redis_url": private_servers.redis.url,
