@@ -4,6 +4,7 @@ delivery log and redelivery, and refusals that write nothing."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TypeAlias
 
 import grpc
 import pytest
@@ -14,6 +15,7 @@ from darkroom.config import Settings
 from darkroom.services.jobs.app import start as start_jobs
 from darkroom.v1 import job_pb2, jobs_service_pb2, webhooks_service_pb2_grpc
 from darkroom.v1 import webhooks_service_pb2 as pb
+from darkroom.v1.webhook_pb2 import WebhookEvent
 from darkroom.webhooks.log import DeliveryLog
 from tests.helpers import new_request_id, rich_error
 from tests.services.webhooks.conftest import Finish, WorkerFactory, settled
@@ -21,7 +23,8 @@ from tests.services.webhooks.receiver import Receiver
 
 ALICE = (("authorization", "Bearer alice-token"),)
 BOB = (("authorization", "Bearer bob-token"),)
-Stub = "webhooks_service_pb2_grpc.WebhooksServiceAsyncStub"  # a type checkers' name only
+# The asyncio stub type exists for type checkers only: named as a string.
+Stub: TypeAlias = "webhooks_service_pb2_grpc.WebhooksServiceAsyncStub"
 
 
 @pytest.fixture
@@ -39,7 +42,7 @@ def stub(channel: grpc.aio.Channel) -> Stub:
 
 async def _create(stub: Stub, url: str, *events: int) -> pb.CreateWebhookEndpointResponse:
     request = pb.CreateWebhookEndpointRequest(
-        endpoint=pb.WebhookEndpoint(url=url, events=list(events))
+        endpoint=pb.WebhookEndpoint(url=url, events=[WebhookEvent.ValueType(e) for e in events])
     )
     return await stub.CreateWebhookEndpoint(request, metadata=ALICE, timeout=10)
 
