@@ -29,6 +29,7 @@ TITLES = {
     "overhead": "5. Generator overhead",
     "recovery": "6. Recovery",
     "gateway": "7. Gateway",
+    "webhooks": "8. Webhooks",
 }
 
 

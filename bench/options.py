@@ -6,7 +6,16 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SECTIONS = ("submit", "pickup", "delivery", "watchers", "overhead", "recovery", "gateway")
+SECTIONS = (
+    "submit",
+    "pickup",
+    "delivery",
+    "watchers",
+    "overhead",
+    "recovery",
+    "gateway",
+    "webhooks",
+)
 
 
 @dataclass
