@@ -57,31 +57,38 @@ LEFT JOIN webhook_endpoints e ON e.id = taken.endpoint_id
 LEFT JOIN webhook_signing_secrets s ON s.owner = taken.owner AND taken.endpoint_id IS NULL
 """)
 
-_END_TRY = text("""
-UPDATE webhook_attempts
-SET ended_at = now(), status_code = :status, error = :error, response_body = :body
-WHERE id = :attempt_id
-""")
-
-_END_DELIVERY = text("""
-UPDATE webhook_deliveries
-SET state = CAST(:state AS varchar),
-    next_attempt_at = CASE WHEN CAST(:state AS varchar) = 'PENDING'
-                           THEN now() + make_interval(secs => :retry_in)
-                           ELSE next_attempt_at END,
-    delivered_at = CASE WHEN CAST(:state AS varchar) = 'DELIVERED' THEN now() END,
-    last_status = :status, last_error = :error
-WHERE id = :id AND attempts = :attempt AND state = 'PENDING'
-RETURNING id
-""")
-
-_CLOSE_CIRCUIT = text("DELETE FROM webhook_circuits WHERE key = :circuit")
-_COUNT_FAILURE = text("""
-INSERT INTO webhook_circuits AS c (key, failures) VALUES (:circuit, 1)
-ON CONFLICT (key) DO UPDATE SET
-  failures = c.failures + 1,
-  open_until = CASE WHEN c.failures + 1 >= :threshold
-                    THEN now() + make_interval(secs => :cooldown) END
+# How a try ended, in one statement (one round trip, one transaction): the try's row, the
+# delivery (only if this try still holds it), and the destination's circuit (only then).
+_FINISH = text("""
+WITH ended AS (
+  UPDATE webhook_deliveries
+  SET state = CAST(:state AS varchar),
+      next_attempt_at = CASE WHEN CAST(:state AS varchar) = 'PENDING'
+                             THEN now() + make_interval(secs => :retry_in)
+                             ELSE next_attempt_at END,
+      delivered_at = CASE WHEN CAST(:state AS varchar) = 'DELIVERED' THEN now() END,
+      last_status = :status, last_error = :error
+  WHERE id = :id AND attempts = :attempt AND state = 'PENDING'
+  RETURNING id
+), tried AS (
+  UPDATE webhook_attempts
+  SET ended_at = now(), status_code = :status, error = :error, response_body = :body
+  WHERE id = :attempt_id
+), closed AS (
+  DELETE FROM webhook_circuits
+  WHERE key = :circuit AND CAST(:counts AS boolean) AND CAST(:delivered AS boolean)
+    AND EXISTS (SELECT 1 FROM ended)
+), failed AS (
+  INSERT INTO webhook_circuits AS c (key, failures)
+  SELECT :circuit, 1
+  WHERE CAST(:counts AS boolean) AND NOT CAST(:delivered AS boolean)
+    AND EXISTS (SELECT 1 FROM ended)
+  ON CONFLICT (key) DO UPDATE SET
+    failures = c.failures + 1,
+    open_until = CASE WHEN c.failures + 1 >= :threshold
+                      THEN now() + make_interval(secs => :cooldown) END
+)
+SELECT count(*) FROM ended
 """)
 
 
@@ -170,35 +177,26 @@ class Deliveries:
             state = DeliveryState.DEAD if retry_in is None else DeliveryState.PENDING
         error = outcome.error or (None if outcome.delivered else f"HTTP {outcome.status}")
         values = {"status": outcome.status or None, "error": error}
-        async with self._engine.begin() as connection:
-            await connection.execute(
-                _END_TRY, {**values, "body": outcome.body, "attempt_id": taken.attempt_id}
-            )
-            ended = await connection.execute(
-                _END_DELIVERY,
-                {
-                    **values,
-                    "state": state.value,
-                    "retry_in": (retry_in or timedelta(0)).total_seconds(),
-                    "id": taken.id,
-                    "attempt": taken.attempt,
-                },
-            )
-            if ended.one_or_none() is None:
-                return None
-            if taken.endpoint_gone:
-                return state
-            if outcome.delivered:
-                await connection.execute(_CLOSE_CIRCUIT, {"circuit": taken.circuit})
-            else:
-                await connection.execute(
-                    _COUNT_FAILURE,
-                    {
-                        "circuit": taken.circuit,
-                        "threshold": circuit_failures,
-                        "cooldown": circuit_cooldown.total_seconds(),
-                    },
-                )
+        params = {
+            **values,
+            "body": outcome.body,
+            "attempt_id": taken.attempt_id,
+            "state": state.value,
+            "retry_in": (retry_in or timedelta(0)).total_seconds(),
+            "id": taken.id,
+            "attempt": taken.attempt,
+            "circuit": taken.circuit,
+            # A deleted endpoint's circuit is nobody's.
+            "counts": not taken.endpoint_gone,
+            "delivered": outcome.delivered,
+            "threshold": circuit_failures,
+            "cooldown": circuit_cooldown.total_seconds(),
+        }
+        async with self._engine.connect() as connection:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            ended = await connection.scalar(_FINISH, params)
+        if not ended:
+            return None
         return state
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, func, select, tuple_, update
+from sqlalchemy import Table, func, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from darkroom.webhooks.models import AttemptRow, DeliveryRow, DeliveryState
@@ -74,6 +74,8 @@ class DeliveryLog:
             row = (await connection.execute(statement)).one_or_none()
             if row is None:
                 return None
+            # Idle workers take it at once (see migration 0005's trigger for inserts).
+            await connection.execute(text("SELECT pg_notify('darkroom_webhooks', '')"))
             return (await _with_attempts(connection, [row]))[0]
 
 

@@ -2,8 +2,8 @@
 
 demo: start Postgres and Redis if none runs, migrate, build the tiny model, start Jobs
 (50051), Events (50052), the HTTP gateway and its page (8080), a Generator, the
-reconciler and a webhook delivery worker, generate one image through the `darkroom` CLI with its progress bar, print
-where the PNG is, and stop all it started.
+reconciler and a webhook delivery worker, generate one image through the `darkroom` CLI
+with its progress bar, print where the PNG is, and stop all it started.
 up / down: start the same stack in the background, and stop it (state in .darkroom/); `up`
 prints the page's address.
 

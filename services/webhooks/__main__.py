@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from darkroom import db, process
 from darkroom.config import Settings
 from darkroom.services.webhooks.sender import Sender
+from darkroom.services.webhooks.wakeups import Wakeups
 from darkroom.services.webhooks.worker import DeliveryWorker, stop_task
 from darkroom.webhooks.addresses import AddressPolicy
 from darkroom.webhooks.deliveries import Deliveries
@@ -31,6 +32,7 @@ class WebhooksApp:
     worker: DeliveryWorker
     engine: AsyncEngine
     sender: Sender
+    wakeups: Wakeups
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -44,6 +46,7 @@ class WebhooksApp:
         self.stopping.set()
         if self.task is not None:
             await stop_task(self.task, grace)
+        await self.wakeups.close()
         await self.sender.close()
         await self.engine.dispose()
 
@@ -52,17 +55,22 @@ async def start(settings: Settings) -> WebhooksApp:
     """Connect (lazily) and start delivering."""
     worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     engine = db.create_engine(
-        settings.database_url, 4, timeout=settings.database_timeout.total_seconds()
+        settings.database_url,
+        max(4, settings.webhook_concurrency // 4),
+        timeout=settings.database_timeout.total_seconds(),
     )
     sender = Sender(AddressPolicy.of(settings.webhook_allow_networks), settings.webhook_timeout)
+    wakeups = Wakeups(settings.database_url, settings.database_timeout.total_seconds())
+    wakeups.start()
     worker = DeliveryWorker(
         settings,
         Deliveries(engine, worker_id),
         Endpoints(engine),
         sender,
         storage_for(settings).url_for,
+        wakeup=wakeups.event,
     )
-    app = WebhooksApp(worker, engine, sender)
+    app = WebhooksApp(worker, engine, sender, wakeups)
     app.task = asyncio.create_task(worker.run(app.stopping))
     log.info("webhooks_started", worker_id=worker_id, concurrency=settings.webhook_concurrency)
     return app

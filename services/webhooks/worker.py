@@ -1,7 +1,8 @@
 """The delivery loop: take due deliveries, sign and POST each, record how it went.
 
 Up to DARKROOM_WEBHOOK_CONCURRENCY POSTs are in flight; the loop takes as many due rows
-as it has free slots, and when none are due it looks again every poll interval. A try
+as it has free slots, and when none are due it waits for a wake-up (`wakeups`: new
+deliveries were committed) or the poll interval, whichever comes first. A try
 that fails is due again after the next pause of DARKROOM_WEBHOOK_RETRY_SCHEDULE (±10 %
 jitter, so a receiver that comes back is not met by every delivery at once); after the
 last one the delivery is dead, logged as `webhook_dead`.
@@ -39,6 +40,8 @@ class DeliveryWorker:
         endpoints: Endpoints,
         sender: Sender,
         url_for: Callable[[str], str] | None,
+        *,
+        wakeup: asyncio.Event | None = None,
     ) -> None:
         self._settings = settings
         self._deliveries = deliveries
@@ -46,6 +49,7 @@ class DeliveryWorker:
         self._sender = sender
         self._url_for = url_for
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._wakeup = wakeup or asyncio.Event()
 
     def retry_in(self, attempt: int) -> timedelta | None:
         """The pause after failed try `attempt` (from 1), jittered; None: it was the last."""
@@ -62,6 +66,7 @@ class DeliveryWorker:
             free = settings.webhook_concurrency - len(self._in_flight)
             taken: list[Taken] = []
             if free > 0:
+                self._wakeup.clear()  # set again by whatever commits from now on
                 try:
                     taken = await self._deliveries.take(free, settings.webhook_lease)
                 except Exception as exc:  # noqa: BLE001 - Postgres is down: try again
@@ -78,7 +83,10 @@ class DeliveryWorker:
 
     async def _pause(self, stopping: asyncio.Event, seconds: float) -> None:
         """Until the poll interval passed, a slot freed up with the slots full, or stop."""
-        waits: set[asyncio.Future[object]] = {asyncio.ensure_future(stopping.wait())}
+        waits: set[asyncio.Future[object]] = {
+            asyncio.ensure_future(stopping.wait()),
+            asyncio.ensure_future(self._wakeup.wait()),
+        }
         if len(self._in_flight) >= self._settings.webhook_concurrency:
             waits |= set(self._in_flight)  # type: ignore[arg-type]
         try:

@@ -7,7 +7,8 @@ Create Date: 2026-12-03 14:00:00
 `jobs.webhook` is the spec's webhook (nullable, no default: instant to add). A job's move
 inserts its `webhook_deliveries` rows in the move's own statement; delivery workers take
 due rows (`ix_webhook_deliveries_due`), log each try in `webhook_attempts`, and trip
-`webhook_circuits` for destinations that keep failing.
+`webhook_circuits` for destinations that keep failing. A statement that inserts deliveries
+notifies `darkroom_webhooks` (delivered at its commit), so idle workers wake at once.
 """
 
 from __future__ import annotations
@@ -22,6 +23,16 @@ branch_labels = None
 depends_on = None
 
 _NOW = sa.text("now()")
+# The channel is `darkroom.services.webhooks.wakeups.CHANNEL`.
+_NOTIFY = """
+CREATE FUNCTION webhook_deliveries_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM inserted) THEN
+    PERFORM pg_notify('darkroom_webhooks', '');
+  END IF;
+  RETURN NULL;
+END $$
+"""
 
 
 def upgrade() -> None:
@@ -83,6 +94,13 @@ def upgrade() -> None:
         "webhook_deliveries",
         ["endpoint_id", "created_at"],
     )
+    op.execute(_NOTIFY)
+    # Once per statement, only when it inserted rows (most moves insert none).
+    op.execute(
+        "CREATE TRIGGER webhook_deliveries_notify AFTER INSERT ON webhook_deliveries "
+        "REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT "
+        "EXECUTE FUNCTION webhook_deliveries_notify()"
+    )
     op.create_table(
         "webhook_attempts",
         sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
@@ -116,6 +134,7 @@ def downgrade() -> None:
     op.drop_table("webhook_circuits")
     op.drop_table("webhook_attempts")
     op.drop_table("webhook_deliveries")
+    op.execute("DROP FUNCTION webhook_deliveries_notify()")
     op.drop_table("webhook_signing_secrets")
     op.drop_table("webhook_endpoints")
     op.drop_column("jobs", "webhook")

@@ -169,3 +169,17 @@ async def test_a_host_name_is_pinned_to_its_checked_address(
     [call] = await receiver.wait_for(1)
     assert call.headers["host"] == f"localhost:{receiver.port}"
     call.verify(await endpoints.signing_secret("alice"))
+
+
+async def test_an_idle_worker_wakes_at_the_commit_not_at_its_next_poll(
+    receiver: Receiver, finish_job: Finish, start_worker: WorkerFactory
+) -> None:
+    import time  # noqa: PLC0415
+    from datetime import timedelta  # noqa: PLC0415
+
+    await start_worker(webhook_poll_interval=timedelta(seconds=60))
+    await asyncio.sleep(0.5)  # its first look found nothing: it now waits
+    committed = time.monotonic()
+    await finish_job(receiver.url())
+    [call] = await receiver.wait_for(1, timeout=5)
+    assert call.at - committed < 1.0
