@@ -48,7 +48,7 @@ def test_overlay_renders_every_part(objects: list[Obj]) -> None:
     }  # fmt: skip
     assert expected <= kinds
     names = {obj["metadata"]["name"] for obj in of_kind(objects, "Deployment")}
-    assert {"darkroom-jobs", "darkroom-events", "darkroom-reconciler"} <= names
+    assert {"darkroom-jobs", "darkroom-events", "darkroom-reconciler", "darkroom-webhooks"} <= names
     assert all(
         obj["metadata"].get("namespace") == "darkroom"
         for obj in objects
