@@ -50,8 +50,8 @@ WITH due AS (
 SELECT taken.*, tries.id AS attempt_id,
        (taken.endpoint_id IS NOT NULL AND e.id IS NULL) AS endpoint_gone,
        coalesce(e.secret, s.secret) AS secret,
-       CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END
-         AS previous_secret
+       CASE WHEN coalesce(e.previous_secret_expires_at, s.previous_secret_expires_at) > now()
+            THEN coalesce(e.previous_secret, s.previous_secret) END AS previous_secret
 FROM taken JOIN tries ON tries.delivery_id = taken.id
 LEFT JOIN webhook_endpoints e ON e.id = taken.endpoint_id
 LEFT JOIN webhook_signing_secrets s ON s.owner = taken.owner AND taken.endpoint_id IS NULL

@@ -97,6 +97,24 @@ class Endpoints:
             row = (await connection.execute(statement)).one_or_none()
         return None if row is None else (cast(EndpointRow, row), secret)
 
+    async def rotate_signing_secret(
+        self, owner: str, grace: timedelta
+    ) -> tuple[str, datetime | None]:
+        """A new secret for `owner`'s jobs' webhooks; the current one (if any) signs beside
+        it for `grace`. Returns the secret and until when the previous one signs."""
+        fresh = insert(_SECRETS).values(owner=owner, secret=new_secret())
+        statement = fresh.on_conflict_do_update(
+            index_elements=["owner"],
+            set_={
+                "secret": fresh.excluded.secret,
+                "previous_secret": _SECRETS.c.secret,
+                "previous_secret_expires_at": func.now() + grace,
+            },
+        ).returning(_SECRETS.c.secret, _SECRETS.c.previous_secret_expires_at)
+        async with self._engine.begin() as connection:
+            row = (await connection.execute(statement)).one()
+        return str(row.secret), row.previous_secret_expires_at
+
     async def signing_secret(self, owner: str) -> str:
         """The secret of `owner`'s jobs' own webhooks, created on first use (concurrent
         first uses agree on one)."""

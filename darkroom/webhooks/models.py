@@ -58,6 +58,8 @@ class SigningSecretRow(Base):
 
     owner: Mapped[str] = mapped_column(String(128), primary_key=True)
     secret: Mapped[str] = mapped_column(Text)
+    previous_secret: Mapped[str | None] = mapped_column(Text)
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

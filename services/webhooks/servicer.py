@@ -14,6 +14,7 @@ import grpc
 from darkroom import db
 from darkroom.auth import Authenticator
 from darkroom.config import Settings
+from darkroom.convert import timestamp
 from darkroom.errors import FieldViolation, InvalidArgumentError, UnavailableError
 from darkroom.rpc import unary
 from darkroom.services.webhooks import pages
@@ -117,6 +118,18 @@ class WebhooksServicer(webhooks_service_pb2_grpc.WebhooksServiceServicer):
     ) -> pb.GetWebhookSigningSecretResponse:
         secret = await self._bounded(self.endpoints.signing_secret(owner))
         return pb.GetWebhookSigningSecretResponse(secret=secret)
+
+    @unary("RotateWebhookSigningSecret")
+    async def RotateWebhookSigningSecret(
+        self, request: pb.RotateWebhookSigningSecretRequest, context: Context, owner: str
+    ) -> pb.RotateWebhookSigningSecretResponse:
+        secret, until = await self._bounded(
+            self.endpoints.rotate_signing_secret(owner, self.settings.webhook_rotation_grace)
+        )
+        response = pb.RotateWebhookSigningSecretResponse(secret=secret)
+        if until is not None:
+            response.previous_secret_expire_time.CopyFrom(timestamp(until))
+        return response
 
     @unary("ListWebhookDeliveries")
     async def ListWebhookDeliveries(

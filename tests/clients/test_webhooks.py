@@ -146,6 +146,10 @@ async def test_the_cli_manages_endpoints_shows_deliveries_and_redelivers(
     code, out, err = await stack.cli("webhooks", "secret", token=BOB)
     assert code == 0, err
     calls[-1].verify(out.strip())
+    code, rotated, err = await stack.cli("webhooks", "secret", "--rotate", token=BOB)
+    assert code == 0, err
+    assert rotated.strip().startswith("whsec_")
+    assert rotated != out
     code, out, err = await stack.cli(
         "webhooks", "endpoints", "rotate", created["endpoint"]["id"], token=BOB
     )

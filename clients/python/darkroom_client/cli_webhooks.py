@@ -44,7 +44,10 @@ def add_commands(webhooks: argparse.ArgumentParser, command: Command) -> None:
     delete.add_argument("endpoint_id", metavar="ENDPOINT_ID")
     rotate = command(actions, "rotate", "give an endpoint a new secret (the old one signs on)")
     rotate.add_argument("endpoint_id", metavar="ENDPOINT_ID")
-    command(groups, "secret", "print the secret that signs your jobs' own webhooks")
+    secret = command(groups, "secret", "print the secret that signs your jobs' own webhooks")
+    secret.add_argument(
+        "--rotate", action="store_true", help="make a new one (the old one signs on a while)"
+    )
     deliveries = command(groups, "deliveries", "show the calls made for a job or to an endpoint")
     target = deliveries.add_mutually_exclusive_group(required=True)
     target.add_argument("--job", metavar="JOB_ID", default="")
@@ -75,7 +78,10 @@ async def run(client: AsyncDarkroomClient, args: argparse.Namespace) -> int:
     if args.webhooks_command == "endpoints":
         return await _endpoints(webhooks, args)
     if args.webhooks_command == "secret":
-        print(await webhooks.signing_secret())
+        if args.rotate:
+            print((await webhooks.rotate_signing_secret()).secret)
+        else:
+            print(await webhooks.signing_secret())
         return EXIT_OK
     if args.webhooks_command == "redeliver":
         delivery = await webhooks.redeliver(args.delivery_id)

@@ -45,6 +45,9 @@ class Webhooks:
     def signing_secret(self) -> str:
         return self._run(self._calls.signing_secret())
 
+    def rotate_signing_secret(self) -> webhooks_service_pb2.RotateWebhookSigningSecretResponse:
+        return self._run(self._calls.rotate_signing_secret())
+
     def list_deliveries(
         self, *, job_id: str = "", endpoint_id: str = "", page_size: int = 0, page_token: str = ""
     ) -> webhooks_service_pb2.ListWebhookDeliveriesResponse:

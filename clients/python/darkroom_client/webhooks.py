@@ -118,6 +118,16 @@ class AsyncWebhooks:
         )
         return response.secret
 
+    async def rotate_signing_secret(
+        self,
+    ) -> webhooks_service_pb2.RotateWebhookSigningSecretResponse:
+        """A new secret for the caller's jobs' own webhooks (the old one signs on a while)."""
+        request = webhooks_service_pb2.RotateWebhookSigningSecretRequest()
+        return await self._call(
+            lambda t, m: self._stub().RotateWebhookSigningSecret(request, metadata=m, timeout=t),
+            NO_RETRY,
+        )
+
     async def list_deliveries(
         self,
         *,

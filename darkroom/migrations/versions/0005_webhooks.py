@@ -56,6 +56,8 @@ def upgrade() -> None:
         "webhook_signing_secrets",
         sa.Column("owner", sa.String(length=128), nullable=False),
         sa.Column("secret", sa.Text(), nullable=False),
+        sa.Column("previous_secret", sa.Text(), nullable=True),
+        sa.Column("previous_secret_expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=_NOW, nullable=False),
         sa.PrimaryKeyConstraint("owner", name=op.f("pk_webhook_signing_secrets")),
     )

@@ -219,3 +219,26 @@ async def test_deleting_an_endpoint_ends_its_pending_deliveries(
         "DEAD",
         "the endpoint was deleted",
     )
+
+
+async def test_the_job_webhook_secret_rotates_with_both_signing_meanwhile(
+    stub: Stub, receiver: Receiver, finish_job: Finish, start_worker: WorkerFactory
+) -> None:
+    old = (
+        await stub.GetWebhookSigningSecret(pb.GetWebhookSigningSecretRequest(), metadata=ALICE)
+    ).secret
+    rotated = await stub.RotateWebhookSigningSecret(
+        pb.RotateWebhookSigningSecretRequest(), metadata=ALICE
+    )
+    assert rotated.secret != old
+    assert rotated.HasField("previous_secret_expire_time")
+    current = await stub.GetWebhookSigningSecret(
+        pb.GetWebhookSigningSecretRequest(), metadata=ALICE
+    )
+    assert current.secret == rotated.secret
+    await finish_job(receiver.url())
+    await start_worker()
+    [call] = await receiver.wait_for(1)
+    assert call.verify(old) == call.verify(rotated.secret)
+    bobs = await stub.GetWebhookSigningSecret(pb.GetWebhookSigningSecretRequest(), metadata=BOB)
+    assert bobs.secret not in {old, rotated.secret}
