@@ -41,7 +41,7 @@ WITH due AS (
   SET attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => :lease)
   FROM due WHERE d.id = due.id
   RETURNING d.id, d.owner, d.job_id, d.endpoint_id, d.url, d.circuit, d.type, d.job,
-            d.attempts, d.created_at
+            d.attempts, d.schedule_from, d.created_at
 ), tries AS (
   INSERT INTO webhook_attempts (delivery_id, number, worker)
   SELECT id, attempts, :worker FROM taken
@@ -105,6 +105,8 @@ class Taken:
     type: str
     job: JobRecord
     attempt: int
+    # Tries of this round: `attempt` less the tries before the last redelivery.
+    round_attempt: int
     attempt_id: int
     created_at: datetime
     endpoint_gone: bool
@@ -150,6 +152,7 @@ class Deliveries:
                 type=row["type"],
                 job=job_of(row["job"]),
                 attempt=row["attempts"],
+                round_attempt=row["attempts"] - row["schedule_from"],
                 attempt_id=row["attempt_id"],
                 created_at=row["created_at"],
                 endpoint_gone=row["endpoint_gone"],

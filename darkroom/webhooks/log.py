@@ -57,14 +57,16 @@ class DeliveryLog:
             return await _with_attempts(connection, rows)
 
     async def redeliver(self, owner: str, delivery_id: uuid.UUID) -> Logged | None:
-        """Make a delivery PENDING and due now, its tries counted from 1 again (the same
-        `webhook-id`); None when the owner has no such delivery."""
+        """Make a delivery PENDING and due now, with the whole retry schedule ahead of it
+        (the same `webhook-id`); None when the owner has no such delivery. A try in flight
+        meanwhile still records itself, fenced by its number, without ending the delivery
+        early: the next try is a new number."""
         statement = (
             update(_DELIVERIES)
             .where(_DELIVERIES.c.owner == owner, _DELIVERIES.c.id == delivery_id)
             .values(
                 state=DeliveryState.PENDING.value,
-                attempts=0,
+                schedule_from=_DELIVERIES.c.attempts,
                 next_attempt_at=func.now(),
                 delivered_at=None,
             )

@@ -82,8 +82,10 @@ class DeliveryRow(Base):
     # The job row as the move committed it (`to_jsonb`), sent as its `Job` message.
     job: Mapped[dict[str, Any]] = mapped_column(JSONB)
     state: Mapped[str] = mapped_column(String(16), server_default="PENDING")
-    # Tries since it was created (or redelivered), counted when a worker takes it.
+    # Tries since it was created, counted when a worker takes it (it fences the worker's
+    # record of its try); the retry schedule counts from `schedule_from` (a redelivery).
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    schedule_from: Mapped[int] = mapped_column(Integer, server_default="0")
     # When it is due; while a worker tries it, when that worker's lease ends.
     next_attempt_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()

@@ -112,7 +112,7 @@ class DeliveryWorker:
             state = await self._deliveries.finish(
                 taken,
                 outcome,
-                retry_in=None if outcome.delivered else self.retry_in(taken.attempt),
+                retry_in=None if outcome.delivered else self.retry_in(taken.round_attempt),
                 circuit_failures=self._settings.webhook_circuit_failures,
                 circuit_cooldown=self._settings.webhook_circuit_cooldown,
             )

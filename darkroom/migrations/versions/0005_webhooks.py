@@ -73,6 +73,7 @@ def upgrade() -> None:
         sa.Column("job", postgresql.JSONB(), nullable=False),
         sa.Column("state", sa.String(length=16), server_default="PENDING", nullable=False),
         sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("schedule_from", sa.Integer(), server_default="0", nullable=False),
         sa.Column(
             "next_attempt_at", sa.DateTime(timezone=True), server_default=_NOW, nullable=False
         ),

@@ -183,3 +183,22 @@ async def test_an_idle_worker_wakes_at_the_commit_not_at_its_next_poll(
     await finish_job(receiver.url())
     [call] = await receiver.wait_for(1, timeout=5)
     assert call.at - committed < 1.0
+
+
+async def test_a_redelivered_dead_delivery_has_the_whole_schedule_again(
+    receiver: Receiver, finish_job: Finish, start_worker: WorkerFactory, delivery_log: DeliveryLog
+) -> None:
+    receiver.default = "fail"
+    row = await finish_job(receiver.url())
+    await start_worker(webhook_circuit_failures=100)  # six failures in a row are fine here
+    [logged] = await settled(delivery_log, "alice", row.id)
+    assert (logged.delivery.state, len(logged.attempts)) == ("DEAD", 3)
+    assert await delivery_log.redeliver("bob", logged.delivery.id) is None  # not bob's
+    again = await delivery_log.redeliver("alice", logged.delivery.id)
+    assert again is not None
+    assert again.delivery.state == "PENDING"
+    await asyncio.sleep(0.1)
+    [logged] = await settled(delivery_log, "alice", row.id)
+    assert logged.delivery.state == "DEAD"
+    assert [attempt.number for attempt in logged.attempts] == [1, 2, 3, 4, 5, 6]
+    assert len({call.id for call in receiver.received}) == 1
