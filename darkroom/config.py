@@ -278,9 +278,9 @@ class Settings(BaseSettings):
     # the networks (CIDRs) deliveries may reach although private, loopback or link-local,
     # the delivery workers' timeout per POST, pause before each try (the first is the
     # move itself; after the last the delivery is dead), lease on a delivery in flight,
-    # concurrent POSTs and polling interval per worker, failures in a row that open a
-    # destination's circuit and how long it then stays open, and how long a rotated
-    # endpoint secret keeps signing beside the new one.
+    # concurrent POSTs per worker and to one destination, polling interval, failures in a
+    # row that open a destination's circuit and how long it then stays open, and how long
+    # a rotated secret keeps signing beside the new one.
     webhook_allow_http: bool = False
     webhook_allow_networks: list[str] = Field(default_factory=list)
     webhook_timeout: Seconds = timedelta(seconds=15)
@@ -292,6 +292,7 @@ class Settings(BaseSettings):
     )
     webhook_lease: Seconds = timedelta(seconds=60)
     webhook_concurrency: int = Field(default=32, ge=1, le=1_000)
+    webhook_destination_concurrency: int = Field(default=8, ge=1, le=1_000)
     webhook_poll_interval: Seconds = timedelta(milliseconds=200)
     webhook_circuit_failures: int = Field(default=5, ge=1)
     webhook_circuit_cooldown: Seconds = timedelta(minutes=1)

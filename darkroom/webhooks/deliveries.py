@@ -11,7 +11,9 @@ dead endpoint does not hold the workers' slots.
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import SimpleNamespace
@@ -25,16 +27,36 @@ from darkroom.models import JobRecord, JobRow, State
 from darkroom.webhooks.models import DeliveryState
 
 _JOBS = cast(Table, JobRow.__table__)
+# How far down the due deliveries a take looks for ones whose destination has room.
+SCAN_FACTOR = 8
 
+# The earliest due deliveries whose circuit is not open, at most `room` per destination
+# (`:in_flight` is what this worker already sends to each, as JSON), looked for among the
+# first `:scan` due ones (a backlog is never sorted whole); then locked, skipping those
+# another worker holds, and checked again now that they are.
 _TAKE = text("""
-WITH due AS (
-  SELECT d.id FROM webhook_deliveries d
+WITH head AS (
+  SELECT d.id, d.circuit, d.next_attempt_at FROM webhook_deliveries d
   WHERE d.state = 'PENDING' AND d.next_attempt_at <= now()
     AND NOT EXISTS (
       SELECT 1 FROM webhook_circuits c WHERE c.key = d.circuit AND c.open_until > now()
     )
   ORDER BY d.next_attempt_at
+  LIMIT :scan
+), ranked AS (
+  SELECT id, next_attempt_at, circuit,
+         row_number() OVER (PARTITION BY circuit ORDER BY next_attempt_at) AS place
+  FROM head
+), chosen AS (
+  SELECT id FROM ranked
+  WHERE place <= :per_destination
+                 - coalesce((CAST(:in_flight AS jsonb) ->> circuit)::int, 0)
+  ORDER BY next_attempt_at
   LIMIT :limit
+), due AS (
+  SELECT d.id FROM webhook_deliveries d
+  WHERE d.id IN (SELECT id FROM chosen)
+    AND d.state = 'PENDING' AND d.next_attempt_at <= now()
   FOR UPDATE OF d SKIP LOCKED
 ), taken AS (
   UPDATE webhook_deliveries d
@@ -136,9 +158,25 @@ class Deliveries:
         self._engine = engine
         self._worker = worker
 
-    async def take(self, limit: int, lease: timedelta) -> list[Taken]:
-        """Lease up to `limit` due deliveries (committed before this returns)."""
-        params = {"limit": limit, "lease": lease.total_seconds(), "worker": self._worker}
+    async def take(
+        self,
+        limit: int,
+        lease: timedelta,
+        *,
+        per_destination: int,
+        in_flight: Mapping[str, int] | None = None,
+    ) -> list[Taken]:
+        """Lease up to `limit` due deliveries (committed before this returns), at most
+        `per_destination` in flight to one destination counting `in_flight` (circuit ->
+        deliveries this worker is sending there now)."""
+        params = {
+            "limit": limit,
+            "scan": limit * SCAN_FACTOR,
+            "per_destination": per_destination,
+            "in_flight": json.dumps(dict(in_flight or {})),
+            "lease": lease.total_seconds(),
+            "worker": self._worker,
+        }
         async with self._engine.begin() as connection:
             rows = (await connection.execute(_TAKE, params)).mappings().all()
         return [

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -49,6 +50,9 @@ class DeliveryWorker:
         self._sender = sender
         self._url_for = url_for
         self._in_flight: set[asyncio.Task[None]] = set()
+        # POSTs in flight per destination (circuit key), so one slow destination holds at
+        # most DARKROOM_WEBHOOK_DESTINATION_CONCURRENCY of this worker's slots.
+        self._per_destination: Counter[str] = Counter()
         self._wakeup = wakeup or asyncio.Event()
 
     def retry_in(self, attempt: int) -> timedelta | None:
@@ -68,27 +72,42 @@ class DeliveryWorker:
             if free > 0:
                 self._wakeup.clear()  # set again by whatever commits from now on
                 try:
-                    taken = await self._deliveries.take(free, settings.webhook_lease)
+                    taken = await self._deliveries.take(
+                        free,
+                        settings.webhook_lease,
+                        per_destination=settings.webhook_destination_concurrency,
+                        in_flight=+self._per_destination,
+                    )
                 except Exception as exc:  # noqa: BLE001 - Postgres is down: try again
                     process.raise_if_cancelled()
                     log.warning("webhook_take_failed", error=repr(exc))
             for delivery in taken:
-                task = asyncio.create_task(self._deliver(delivery))
-                self._in_flight.add(task)
-                task.add_done_callback(self._in_flight.discard)
+                self._start(delivery)
             if taken and len(taken) == free:
                 continue  # more may be due: take again as soon as a slot frees
             await self._pause(stopping, poll)
         await self.drain(settings.shutdown_grace)
 
+    def _start(self, delivery: Taken) -> None:
+        self._per_destination[delivery.circuit] += 1
+        task = asyncio.create_task(self._deliver(delivery))
+        self._in_flight.add(task)
+
+        def done(_: asyncio.Task[None]) -> None:
+            self._in_flight.discard(task)
+            self._per_destination[delivery.circuit] -= 1
+
+        task.add_done_callback(done)
+
     async def _pause(self, stopping: asyncio.Event, seconds: float) -> None:
-        """Until the poll interval passed, a slot freed up with the slots full, or stop."""
+        """Until the poll interval passed, a wake-up, a POST ended (its slot, or its
+        destination's, is free again: the last take may have left due ones for it), or
+        stop."""
         waits: set[asyncio.Future[object]] = {
             asyncio.ensure_future(stopping.wait()),
             asyncio.ensure_future(self._wakeup.wait()),
+            *self._in_flight,  # type: ignore[arg-type]
         }
-        if len(self._in_flight) >= self._settings.webhook_concurrency:
-            waits |= set(self._in_flight)  # type: ignore[arg-type]
         try:
             await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:

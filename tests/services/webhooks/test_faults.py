@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -198,3 +199,29 @@ async def test_postgres_restarted_mid_run_loses_no_delivery(
     finally:
         await worker.stop(timedelta(seconds=1))
         await resources.close()
+
+
+async def test_a_slow_destination_holds_only_its_share_of_a_workers_slots(
+    finish_job: Finish, start_worker: WorkerFactory
+) -> None:
+    slow, quick = await Receiver(default="hang").start(), await Receiver().start()
+    try:
+        for _ in range(4):  # due first, so a plain take would fill every slot with them
+            await finish_job(slow.url())
+        await finish_job(quick.url())
+        started = time.monotonic()
+        await start_worker(
+            webhook_concurrency=4,
+            webhook_destination_concurrency=2,
+            webhook_timeout=timedelta(seconds=3),
+            webhook_lease=timedelta(seconds=5),
+            webhook_circuit_failures=100,
+        )
+        [call] = await quick.wait_for(1, timeout=10)
+        assert call.at - started < 2.0  # not after the slow ones' 3 s timeout
+        await slow.wait_for(2)
+        await asyncio.sleep(0.3)
+        assert len(slow.received) == 2  # two at a time, though four are due
+    finally:
+        await slow.stop()
+        await quick.stop()
