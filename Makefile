@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # Extra bench arguments, e.g. `make bench BENCH_ARGS=--quick`.
 BENCH_ARGS ?=
 
-.PHONY: help install generate lint test bench bench-gpu demo up down migrate jobs events gateway generator reconciler tiny-model chaos image-smoke
+.PHONY: help install generate lint test bench bench-gpu demo up down migrate jobs events gateway generator reconciler webhooks tiny-model chaos image-smoke
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -83,6 +83,9 @@ generator: install tiny-model  ## Run one Generator (DARKROOM_GENERATOR_MODEL_PA
 
 reconciler: install  ## Run the reconciler (requeues lost work; safe to run several).
 	$(PY) -m darkroom.services.reconciler
+
+webhooks: install  ## Run a webhook delivery worker (signed POSTs from the outbox; safe to run several).
+	$(PY) -m darkroom.services.webhooks
 
 chaos: install  ## 2,000 jobs under random faults (kills, SIGTERMs past queue deadlines, flushes, Redis refusing writes, poison, junk, slow uploads), then the checker's table.
 	$(PY) -m tests.faults.chaos $(CHAOS_ARGS)

@@ -30,6 +30,7 @@ TITLES = {
     "recovery": "6. Recovery",
     "gateway": "7. Gateway",
     "observability": "8. Observability",
+    "webhooks": "9. Webhooks",
 }
 
 

@@ -111,6 +111,8 @@ def _env_value(value: object) -> str:
 def _json_of_model(value: object) -> object:
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
+    if isinstance(value, timedelta):  # a list of durations, such as a retry schedule
+        return value.total_seconds()
     raise TypeError(f"not JSON: {value!r}")
 
 

@@ -15,6 +15,7 @@ SECTIONS = (
     "recovery",
     "gateway",
     "observability",
+    "webhooks",
 )
 
 

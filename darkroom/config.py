@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import sys
@@ -282,6 +283,46 @@ class Settings(BaseSettings):
     gateway_cors_origins: list[str] = Field(default_factory=list)
     gateway_secure_cookies: bool | None = None
     gateway_keepalive: Seconds = timedelta(seconds=15)
+
+    # Webhooks (see `darkroom.webhooks`): http:// URLs for loopback hosts (development),
+    # the networks (CIDRs) deliveries may reach although private, loopback or link-local,
+    # the delivery workers' timeout per POST, pause before each try (the first is the
+    # move itself; after the last the delivery is dead), lease on a delivery in flight,
+    # concurrent POSTs per worker and to one destination, polling interval, failures in a
+    # row that open a destination's circuit and how long it then stays open, and how long
+    # a rotated secret keeps signing beside the new one.
+    webhook_allow_http: bool = False
+    webhook_allow_networks: list[str] = Field(default_factory=list)
+    webhook_timeout: Seconds = timedelta(seconds=15)
+    webhook_retry_schedule: list[Seconds] = Field(
+        default_factory=lambda: [
+            timedelta(seconds=seconds) for seconds in (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+        ],
+        min_length=1,
+    )
+    webhook_lease: Seconds = timedelta(seconds=60)
+    webhook_concurrency: int = Field(default=32, ge=1, le=1_000)
+    webhook_destination_concurrency: int = Field(default=8, ge=1, le=1_000)
+    webhook_poll_interval: Seconds = timedelta(milliseconds=200)
+    webhook_circuit_failures: int = Field(default=5, ge=1)
+    webhook_circuit_cooldown: Seconds = timedelta(minutes=1)
+    webhook_rotation_grace: Seconds = timedelta(hours=24)
+
+    @field_validator("webhook_allow_networks")
+    @classmethod
+    def _networks(cls, networks: list[str]) -> list[str]:
+        for network in networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{network!r} is not a network such as 10.0.0.0/8") from exc
+        return networks
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_post(self) -> Settings:
+        if self.webhook_lease <= self.webhook_timeout:
+            raise ValueError("DARKROOM_WEBHOOK_LEASE must be longer than DARKROOM_WEBHOOK_TIMEOUT")
+        return self
 
 
 def load_settings(program: str) -> Settings:

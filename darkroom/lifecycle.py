@@ -6,8 +6,9 @@ message. The row is the truth, so what follows only ever happens after the commi
 transition that did not happen (a late or duplicate writer) has no consequence at all.
 Consequences are best effort: the reconciler republishes a missing terminal event and
 re-enqueues a QUEUED row without a message. Every process (Jobs, Generator, reconciler)
-moves jobs through `Lifecycle` only; a new consequence of a move (a webhook outbox row, a
-metric) is added here, once.
+moves jobs through `Lifecycle` only; a new consequence of a move (a metric) is added here,
+once. The one consequence that must commit with the move, its webhook outbox rows, is
+written by the move's own statement (`darkroom.webhooks.outbox`, through `transitions`).
 """
 
 from __future__ import annotations

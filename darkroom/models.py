@@ -111,6 +111,8 @@ class JobRow(Base):
     priority: Mapped[int] = mapped_column(Integer, server_default="0")
     # W3C trace context of the submit that recorded the job; attempts' spans link to it.
     traceparent: Mapped[str | None] = mapped_column(String(64))
+    # The job's own webhook (`darkroom.spec.Spec.webhook`); deliveries: `darkroom.webhooks`.
+    webhook: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
     state: Mapped[State] = mapped_column(StateType())
     attempt: Mapped[int] = mapped_column(Integer, server_default="0")
@@ -220,3 +222,7 @@ class JobRecord(HasSpec, Protocol):
     def model_id(self) -> str | None: ...
     @property
     def model_version(self) -> str | None: ...
+
+
+# The webhook tables share this metadata (migrations and their check see every table).
+import darkroom.webhooks.models  # noqa: E402, F401 - registers the tables; needs Base above

@@ -39,6 +39,8 @@ class HasSpec(Protocol):
     def model(self) -> str: ...
     @property
     def priority(self) -> int: ...
+    @property
+    def webhook(self) -> dict[str, Any] | None: ...
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class Spec:
     num_images: int
     model: str
     priority: int
+    # `{"url": ..., "events": ["WEBHOOK_EVENT_TERMINAL", ...]}` as recorded (the JSON of a
+    # `darkroom.v1.JobWebhook`, events by name), or None.
+    webhook: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, row: HasSpec) -> Spec:

@@ -14,6 +14,7 @@ from darkroom.inserts import insert_jobs
 from darkroom.models import JobRecord, JobRow, State
 from darkroom.transitions import Transitions
 from darkroom.validation import JobRequest
+from darkroom.webhooks.outbox import Event
 
 
 class JobStore(Transitions):
@@ -109,6 +110,7 @@ class JobStore(Transitions):
                 State.QUEUED,
                 {"state": State.CANCELLED, "completed_at": func.now()},
                 owner=owner,
+                outbox=Event.TERMINAL,
             )
             if cancelled is not None:
                 return cancelled, True

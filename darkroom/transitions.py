@@ -1,7 +1,8 @@
 """Conditional state changes of job rows: the primitive, and the worker's transitions.
 
 Every state change is one `UPDATE … WHERE id = :id AND state = :expected … RETURNING`, so a
-duplicate or late writer changes nothing; the database trigger rejects illegal moves.
+duplicate or late writer changes nothing; the database trigger rejects illegal moves. A move
+that webhooks hear of inserts its deliveries in that same statement (`darkroom.webhooks.outbox`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from darkroom.db import HeldConnection, sessionmaker
 from darkroom.models import JobRecord, JobRow, State
+from darkroom.webhooks.outbox import Event, with_deliveries
 
 _JOBS = cast(Table, JobRow.__table__)
 
@@ -60,8 +62,10 @@ class Transitions:
         owner: str | None = None,
         attempt: int | None = None,
         where: Sequence[ColumnElement[bool]] = (),
+        outbox: Event | None = None,
     ) -> JobRecord | None:
-        """Apply `values` only if the job is in `expected` (and at `attempt`, if given).
+        """Apply `values` only if the job is in `expected` (and at `attempt`, if given),
+        with the webhook deliveries of `outbox` in the same statement.
 
         Returns the updated row, or None when the condition did not hold: the caller lost
         a race or the message was late, and nothing changed.
@@ -74,10 +78,13 @@ class Transitions:
             statement = statement.where(JobRow.attempt == attempt)
         if where:
             statement = statement.where(*where)
-        statement = statement.values(**values).returning(*_JOBS.c)
+        statement = statement.values(**values)
+        runs = (
+            statement.returning(*_JOBS.c) if outbox is None else with_deliveries(statement, outbox)
+        )
 
         async def execute(connection: AsyncConnection) -> JobRecord | None:
-            result: Result[Any] = await connection.execute(statement)
+            result: Result[Any] = await connection.execute(runs)
             return cast(JobRecord | None, result.one_or_none())
 
         if self._held is not None:
@@ -112,6 +119,7 @@ class Transitions:
             },
             attempt=queued_attempt,
             where=[or_(JobRow.deadline > func.now(), JobRow.started_at.is_not(None))],
+            outbox=Event.STARTED,
         )
 
     async def heartbeat(
@@ -121,7 +129,10 @@ class Transitions:
         values: dict[str, Any] = {"lease_expires_at": func.now() + lease}
         if step is not None:
             values["progress_step"] = step
-        return await self.transition(job_id, State.RUNNING, values, attempt=attempt)
+        progress = Event.PROGRESS if step is not None else None
+        return await self.transition(
+            job_id, State.RUNNING, values, attempt=attempt, outbox=progress
+        )
 
     async def succeed(
         self,
@@ -147,6 +158,7 @@ class Transitions:
                 "error_message": None,
             },
             attempt=attempt,
+            outbox=Event.TERMINAL,
         )
 
     async def end(
@@ -173,6 +185,7 @@ class Transitions:
             },
             attempt=attempt,
             where=[JobRow.lease_expires_at < func.now()] if lease_expired else (),
+            outbox=Event.TERMINAL,
         )
 
     async def requeue(
@@ -211,6 +224,7 @@ class Transitions:
             values,
             attempt=attempt,
             where=[JobRow.lease_expires_at < func.now()] if lease_expired else (),
+            outbox=Event.TERMINAL,
         )
 
     async def expire(self, job_id: uuid.UUID, code: int, message: str) -> JobRecord | None:
@@ -220,6 +234,7 @@ class Transitions:
             State.QUEUED,
             _failed(code, message),
             where=[JobRow.deadline <= func.now(), JobRow.started_at.is_(None)],
+            outbox=Event.TERMINAL,
         )
 
     async def reject(
@@ -228,7 +243,11 @@ class Transitions:
         """QUEUED -> FAILED for a job whose queue message at `queued_attempt` was set aside
         as poison (it could not be run)."""
         return await self.transition(
-            job_id, State.QUEUED, _failed(code, message), attempt=queued_attempt
+            job_id,
+            State.QUEUED,
+            _failed(code, message),
+            attempt=queued_attempt,
+            outbox=Event.TERMINAL,
         )
 
 

@@ -20,6 +20,7 @@ from darkroom.config import Settings
 from darkroom.errors import FieldViolation, InvalidArgumentError
 from darkroom.spec import FIELDS, Spec
 from darkroom.v1 import job_pb2, jobs_service_pb2
+from darkroom.webhooks.urls import job_webhook
 
 PROMPT_MAX_CHARS = 2_000
 SIZE_MIN, SIZE_MAX, SIZE_MULTIPLE = 64, 2_048, 8
@@ -220,6 +221,10 @@ def validate_submit(request: jobs_service_pb2.SubmitJobRequest, settings: Settin
             FieldViolation("spec.seed", f"must be from 0 to {SEED_MAX:,} (got {spec.seed})")
         )
     violations += priority_violations("spec.priority", spec.priority)
+    webhook = None
+    if spec.HasField("webhook"):
+        webhook, problems = job_webhook("spec.webhook", spec.webhook, settings)
+        violations += problems
     model = spec.model or settings.model_default
     if model not in settings.models:
         allowed = ", ".join(settings.models)
@@ -266,6 +271,7 @@ def validate_submit(request: jobs_service_pb2.SubmitJobRequest, settings: Settin
             seed=spec.seed if spec.HasField("seed") else secrets.randbelow(SEED_MAX + 1),
             num_images=num_images,
             model=model,
+            webhook=webhook,
         ),
         queue_timeout=queue_timeout,
     )

@@ -38,6 +38,7 @@ def job_request(prompt: str = "a test job", **overrides: Any) -> JobRequest:
         "num_images": 1,
         "model": "tiny-sd",
         "priority": 0,
+        "webhook": None,
         "queue_timeout": timedelta(hours=1),
     }
     values.update(overrides)

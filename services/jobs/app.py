@@ -17,10 +17,21 @@ from darkroom.positions import QueueView
 from darkroom.server import RunningServer, create_server, prepare_listener
 from darkroom.services.jobs.servicer import JobsServicer
 from darkroom.services.jobs.submits import SubmitBatcher
-from darkroom.v1 import jobs_service_pb2, jobs_service_pb2_grpc
+from darkroom.services.webhooks.servicer import WebhooksServicer
+from darkroom.v1 import (
+    jobs_service_pb2,
+    jobs_service_pb2_grpc,
+    webhooks_service_pb2,
+    webhooks_service_pb2_grpc,
+)
+from darkroom.webhooks.endpoints import Endpoints
+from darkroom.webhooks.log import DeliveryLog
 from darkroom.wiring import Resources
 
 SERVICE_NAME = jobs_service_pb2.DESCRIPTOR.services_by_name["JobsService"].full_name
+WEBHOOKS_SERVICE_NAME = webhooks_service_pb2.DESCRIPTOR.services_by_name[
+    "WebhooksService"
+].full_name
 
 
 @dataclass
@@ -75,9 +86,17 @@ async def start(settings: Settings, address: str | None = None) -> JobsApp:
         queue_view=QueueView(resources.redis, settings),
     )
 
+    webhooks = WebhooksServicer(
+        settings,
+        Endpoints(resources.engine),
+        DeliveryLog(resources.engine),
+        servicer.authenticator,
+    )
+
     def register(server: grpc.aio.Server) -> Sequence[str]:
         jobs_service_pb2_grpc.add_JobsServiceServicer_to_server(servicer, server)
-        return [SERVICE_NAME]
+        webhooks_service_pb2_grpc.add_WebhooksServiceServicer_to_server(webhooks, server)
+        return [SERVICE_NAME, WEBHOOKS_SERVICE_NAME]
 
     running = await create_server(listen, register)
     return JobsApp(running, servicer, resources)

@@ -1,9 +1,9 @@
 """`python -m darkroom.services.stack demo|up|down`: the whole stack on this machine.
 
 demo: start Postgres and Redis if none runs, migrate, build the tiny model, start Jobs
-(50051), Events (50052), the HTTP gateway and its page (8080), a Generator and the
-reconciler, generate one image through the `darkroom` CLI with its progress bar, print
-where the PNG is, and stop all it started.
+(50051), Events (50052), the HTTP gateway and its page (8080), a Generator, the
+reconciler and a webhook delivery worker, generate one image through the `darkroom` CLI
+with its progress bar, print where the PNG is, and stop all it started.
 up / down: start the same stack in the background, and stop it (state in .darkroom/); `up`
 prints the page's address.
 
@@ -49,6 +49,7 @@ PROCESSES = {
     "generator": "darkroom.services.generator",
     "reconciler": "darkroom.services.reconciler",
     "gateway": "darkroom.services.gateway",
+    "webhooks": "darkroom.services.webhooks",
 }
 
 

@@ -29,6 +29,7 @@ def _row(**changes: Any) -> JobRecord:
         "num_images": 1,
         "model": "tiny-sd",
         "priority": 0,
+        "webhook": None,
         "state": State.QUEUED,
         "attempt": 0,
         "max_attempts": 3,

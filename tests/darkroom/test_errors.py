@@ -9,13 +9,14 @@ from google.rpc import error_details_pb2
 
 from darkroom import errors
 
-PROTO = Path(__file__).resolve().parents[2] / "protos" / "darkroom" / "v1" / "jobs_service.proto"
+CONTRACT = Path(__file__).resolve().parents[2] / "protos" / "darkroom" / "v1"
+SERVICES = ("jobs_service.proto", "webhooks_service.proto")
 
 
 def _documented() -> dict[str, str]:
-    """`reason -> code` from the `// - `REASON` (CODE): …` lines of JobsService's comment."""
-    found = re.findall(r"^// - `([A-Z_]+)` \(([A-Z_]+)\)", PROTO.read_text(), re.MULTILINE)
-    return dict(found)
+    """`reason -> code` from the `// - `REASON` (CODE): …` lines of the services' comments."""
+    text = "\n".join((CONTRACT / name).read_text() for name in SERVICES)
+    return dict(re.findall(r"^// - `([A-Z_]+)` \(([A-Z_]+)\)", text, re.MULTILINE))
 
 
 def _sent() -> dict[str, str]:

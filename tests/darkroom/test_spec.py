@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from dataclasses import fields
 from datetime import timedelta
-from typing import get_type_hints
+from typing import Any, get_type_hints
 
 import sqlalchemy
+from sqlalchemy.dialects.postgresql import JSONB
 
 from darkroom.config import Settings
 from darkroom.convert import job_to_proto
@@ -32,6 +33,7 @@ SPEC = Spec(
     num_images=3,
     model="tiny-sd",
     priority=-3,
+    webhook={"url": "https://hooks.example.com/done", "events": ["WEBHOOK_EVENT_TERMINAL"]},
 )
 
 
@@ -45,6 +47,9 @@ def test_the_row_and_the_insert_have_a_column_for_each_field() -> None:
     assert set(FIELDS) <= {column.name for column in INSERTED_COLUMNS}
     hints = get_type_hints(Spec)
     for name in FIELDS:
+        if isinstance(columns[name].type, JSONB):  # the webhook: its JSON, or None
+            assert hints[name] == dict[str, Any] | None, name
+            continue
         assert columns[name].type.python_type is hints[name], name
 
 
@@ -54,7 +59,7 @@ def test_a_job_row_has_every_field_as_a_typed_attribute() -> None:
     hints = get_type_hints(Spec)
     for name in FIELDS:
         returns = get_type_hints(getattr(HasSpec, name).fget)["return"]
-        assert returns is hints[name], name
+        assert returns == hints[name], name
 
 
 def test_the_client_takes_every_field_but_the_prompt_as_a_keyword() -> None:
@@ -62,9 +67,13 @@ def test_the_client_takes_every_field_but_the_prompt_as_a_keyword() -> None:
 
 
 def test_the_pipeline_request_is_built_from_the_spec() -> None:
-    assert set(REQUEST_FIELDS) == set(FIELDS) - {"seed", "num_images", "model", "priority"} | {
-        "seeds"
-    }
+    assert set(REQUEST_FIELDS) == set(FIELDS) - {
+        "seed",
+        "num_images",
+        "model",
+        "priority",
+        "webhook",
+    } | {"seeds"}
     request = GenerationRequest.for_spec(SPEC)
     assert request.seeds == [2**32 - 2, 2**32 - 1, 0]
     assert {f.name: getattr(request, f.name) for f in fields(request) if f.name != "seeds"} == {

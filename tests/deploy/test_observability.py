@@ -44,7 +44,7 @@ PROMETHEUS_RULE = DEPLOY / "k8s" / "monitoring" / "prometheusrule.yaml"
 PROMETHEUS_RULE_SCHEMA = DEPLOY / "schemas" / "prometheus-operator" / "prometheusrule-v1.json"
 METRICS_PORT = 9464
 # Every long-running Darkroom process; the migrate Job exits and serves no metrics.
-SERVING = {"jobs", "events", "reconciler", "generator", "gateway"}
+SERVING = {"jobs", "events", "reconciler", "generator", "gateway", "webhooks"}
 # Grafana's variables, as a query would see them, so that promtool can parse the targets.
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$model": ".*", "$namespace": "darkroom"}
 PROMTOOL = shutil.which("promtool")

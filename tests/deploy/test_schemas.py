@@ -27,7 +27,13 @@ def test_overlay_renders_every_part(objects: list[Obj]) -> None:
     }  # fmt: skip
     assert expected <= kinds
     names = {obj["metadata"]["name"] for obj in of_kind(objects, "Deployment")}
-    assert {"darkroom-jobs", "darkroom-events", "darkroom-reconciler", "darkroom-gateway"} <= names
+    assert {
+        "darkroom-jobs",
+        "darkroom-events",
+        "darkroom-reconciler",
+        "darkroom-gateway",
+        "darkroom-webhooks",
+    } <= names
     assert all(
         obj["metadata"].get("namespace") == "darkroom"
         for obj in objects

@@ -324,6 +324,7 @@ def test_dev_runs_plaintext_with_its_own_stores(rendered: dict[str, list[Obj]]) 
         volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
         assert volumes["storage"]["persistentVolumeClaim"]["claimName"] == "darkroom-storage"
     allowed = {"jobs", "events", "reconciler", "generator"}
+    postgres_only = {"webhooks"}  # the delivery workers need Postgres, never Redis
     for store, port in (("darkroom-postgres", 5432), ("darkroom-redis", 6379)):
         (policy,) = [
             p for p in of_kind(objects, "NetworkPolicy")
@@ -335,6 +336,10 @@ def test_dev_runs_plaintext_with_its_own_stores(rendered: dict[str, list[Obj]]) 
         ours = [p for p in peers if "namespaceSelector" not in p]
         (expression,) = ours[0]["podSelector"]["matchExpressions"]
         assert allowed <= set(expression["values"])
+        if store == "darkroom-postgres":
+            assert postgres_only <= set(expression["values"])
+        else:
+            assert not postgres_only & set(expression["values"])
         assert all("namespaceSelector" not in p or p["podSelector"] for p in peers)
 
 

@@ -23,6 +23,7 @@ SERVER_SCRIPTS = {
     "darkroom-generator": "darkroom.services.generator.__main__:main",
     "darkroom-reconciler": "darkroom.services.reconciler.__main__:main",
     "darkroom-gateway": "darkroom.services.gateway.__main__:main",
+    "darkroom-webhooks": "darkroom.services.webhooks.__main__:main",
     "darkroom-stack": "darkroom.services.stack.__main__:main",
     "darkroom-migrate": "darkroom.migrate:main",
 }

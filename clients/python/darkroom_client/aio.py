@@ -47,6 +47,7 @@ from darkroom_client.retry import (
     with_retries,
 )
 from darkroom_client.watching import WatchCall, follow
+from darkroom_client.webhooks import AsyncWebhooks
 
 EventCallback = Callable[[events_service_pb2.JobEvent], object]
 JobCallback = Callable[[job_pb2.Job], object]
@@ -90,6 +91,11 @@ class AsyncDarkroomClient:
     @property
     def _events_stub(self) -> events_service_pb2_grpc.EventsServiceAsyncStub:
         return self._stubs.events
+
+    @property
+    def webhooks(self) -> AsyncWebhooks:
+        """The caller's webhook endpoints, signing secret and delivery log."""
+        return AsyncWebhooks(lambda: self._stubs.webhooks, self._metadata, self.timeout, self.retry)
 
     async def close(self) -> None:
         """Close the channels (calls in flight are cancelled)."""

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from darkroom.v1 import events_service_pb2_grpc, jobs_service_pb2_grpc
+from darkroom.v1 import events_service_pb2_grpc, jobs_service_pb2_grpc, webhooks_service_pb2_grpc
 from darkroom_client.defaults import CHANNEL_OPTIONS
 
 
@@ -26,6 +26,8 @@ class Stubs:
         self._channels: list[grpc.aio.Channel] = []
         self._jobs: jobs_service_pb2_grpc.JobsServiceAsyncStub | None = None
         self._events: events_service_pb2_grpc.EventsServiceAsyncStub | None = None
+        self._webhooks: webhooks_service_pb2_grpc.WebhooksServiceAsyncStub | None = None
+        self._jobs_opened: grpc.aio.Channel | None = None
 
     def _channel(self, target: str) -> grpc.aio.Channel:
         options = list(CHANNEL_OPTIONS)
@@ -38,11 +40,17 @@ class Stubs:
         self._channels.append(channel)
         return channel
 
+    def _jobs_channel(self) -> grpc.aio.Channel:
+        """The Jobs target's one channel (JobsService and WebhooksService share it)."""
+        if self._jobs_opened is None:
+            self._jobs_opened = self._channel(self._targets[0])
+        return self._jobs_opened
+
     @property
     def jobs(self) -> jobs_service_pb2_grpc.JobsServiceAsyncStub:
         """The JobsService stub (its channel opens now, the first time)."""
         if self._jobs is None:
-            self._jobs = jobs_service_pb2_grpc.JobsServiceStub(self._channel(self._targets[0]))
+            self._jobs = jobs_service_pb2_grpc.JobsServiceStub(self._jobs_channel())
         return self._jobs
 
     @property
@@ -53,9 +61,18 @@ class Stubs:
             self._events = events_service_pb2_grpc.EventsServiceStub(channel)
         return self._events
 
+    @property
+    def webhooks(self) -> webhooks_service_pb2_grpc.WebhooksServiceAsyncStub:
+        """The WebhooksService stub, on the Jobs channel."""
+        if self._webhooks is None:
+            self._webhooks = webhooks_service_pb2_grpc.WebhooksServiceStub(self._jobs_channel())
+        return self._webhooks
+
     async def close(self) -> None:
         """Close the channels (calls in flight are cancelled); stubs reopen on next use."""
         channels, self._channels = self._channels, []
         self._jobs = self._events = None
+        self._webhooks = None
+        self._jobs_opened = None
         for channel in channels:
             await channel.close()

@@ -17,7 +17,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from darkroom.v1 import events_service_pb2
-from darkroom_client import jobs
+from darkroom_client import cli_webhooks, jobs
 from darkroom_client.aio import AsyncDarkroomClient
 from darkroom_client.cli_generate import generate
 from darkroom_client.cli_output import print_json, show_job, show_models, when
@@ -89,6 +89,8 @@ async def _run(args: argparse.Namespace) -> int:
             return await _list(client, args)
         if args.command == "models":
             return await _models(client, args)
+        if args.command == "webhooks":
+            return await cli_webhooks.run(client, args)
         if args.command == "submit":
             job = await client.submit(
                 args.prompt, queue_timeout=args.queue_timeout, **spec_of(args)

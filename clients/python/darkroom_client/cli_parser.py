@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from darkroom_client import jobs
+from darkroom_client.cli_webhooks import add_commands, events_of
+from darkroom_client.webhooks import parse_events
 
 EPILOG = """\
 exit codes:
@@ -78,6 +81,14 @@ def _spec_flags(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="-10 to 10 among your own queued jobs, higher first (default 0)",
     )
+    parser.add_argument("--webhook", metavar="URL", help="an https:// URL to call when it ends")
+    parser.add_argument(
+        "--webhook-events",
+        type=events_of,
+        default=[],
+        metavar="EVENTS",
+        help="comma-separated: terminal (the default), started, progress",
+    )
     parser.add_argument(
         "--queue-timeout",
         type=_positive_float,
@@ -148,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     watch = command("watch", "print a job's events until it ends")
     watch.add_argument("job_id", metavar="JOB_ID")
     watch.add_argument("--after", default="", metavar="EVENT_ID", help="resume after this event")
+
+    def subcommand(group: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+        made: argparse.ArgumentParser = group.add_parser(
+            name, parents=[common], help=help_text, description=help_text
+        )
+        return made
+
+    webhooks = command("webhooks", "manage webhook endpoints, see deliveries, redeliver")
+    add_commands(webhooks, subcommand)
     return parser
 
 
@@ -156,6 +176,8 @@ def spec_of(args: argparse.Namespace) -> jobs.SpecFields:
     spec: jobs.SpecFields = {}
     for name in jobs.SpecFields.__annotations__:
         value = getattr(args, name)
+        if name == "webhook" and value is not None:
+            value = {"url": value, "events": parse_events(args.webhook_events)}
         if value is not None:
             spec[name] = value  # type: ignore[literal-required]
     return spec

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeAlias, TypedDict
 
-from darkroom.v1 import events_service_pb2, job_pb2
+from darkroom.v1 import events_service_pb2, job_pb2, webhook_pb2
 from darkroom_client.errors import JobCancelled, JobFailed
 
 Job = job_pb2.Job
@@ -40,6 +40,8 @@ class SpecFields(TypedDict, total=False):
     num_images: int
     model: str
     priority: int
+    # `{"url": "https://...", "events": ["WEBHOOK_EVENT_TERMINAL"]}` or a `JobWebhook`.
+    webhook: dict[str, object] | webhook_pb2.JobWebhook
 
 
 def build_spec(prompt: str, fields: Mapping[str, object]) -> job_pb2.JobSpec:

@@ -22,6 +22,7 @@ from darkroom_client.aio import AsyncDarkroomClient, EventCallback, JobCallback
 from darkroom_client.defaults import DEFAULT_TIMEOUT
 from darkroom_client.outputs import fetch_outputs
 from darkroom_client.retry import DEFAULT_RETRY, DEFAULT_WATCH_RETRY, RetryPolicy
+from darkroom_client.sync_webhooks import Webhooks
 
 T = TypeVar("T")
 
@@ -76,6 +77,11 @@ class DarkroomClient:
     @property
     def events_target(self) -> str:
         return self._client.events_target
+
+    @property
+    def webhooks(self) -> Webhooks:
+        """The caller's webhook endpoints, signing secret and delivery log."""
+        return Webhooks(self._client.webhooks, self._run)
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         if self._closed:

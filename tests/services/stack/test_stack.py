@@ -57,7 +57,8 @@ def test_up_serves_a_job_and_down_leaves_no_process(
         subprocess.run([*command, "up"], env=env, check=True, timeout=120)
         state = json.loads((tmp_path / "stack.json").read_text())
         pids = [int(pid) for pid in state["pids"].values()]
-        assert len(pids) == 5  # Jobs, Events, a Generator, the reconciler, the gateway
+        # Jobs, Events, a Generator, the reconciler, the gateway, the webhook delivery worker
+        assert len(pids) == 6
         assert all(_alive(pid) for pid in pids)
         with grpc.insecure_channel(f"127.0.0.1:{jobs_port}") as channel:
             stub = jobs_service_pb2_grpc.JobsServiceStub(channel)

@@ -1,0 +1,1 @@
+"""The webhook delivery worker (`darkroom-webhooks`) and the WebhooksService servicer."""
