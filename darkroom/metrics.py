@@ -214,6 +214,21 @@ RECONCILE_SECONDS = Histogram(
     registry=REGISTRY,
 )
 
+# -- webhook delivery workers --------------------------------------------------------------
+WEBHOOK_TRIES = Counter(
+    "darkroom_webhook_tries",
+    "Webhook POSTs tried, by how the delivery stood after the try "
+    "(delivered, pending: will retry, dead: no tries left, superseded, unrecorded).",
+    ["result"],
+    registry=REGISTRY,
+)
+WEBHOOK_TRY_SECONDS = Histogram(
+    "darkroom_webhook_try_seconds",
+    "Time to sign and POST one try, to the receiver's answer or the failure.",
+    buckets=(*_FAST, 15, 30),
+    registry=REGISTRY,
+)
+
 # -- HTTP gateway ------------------------------------------------------------------------
 HTTP_REQUESTS = Counter(
     "darkroom_gateway_http_requests",

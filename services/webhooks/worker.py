@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from darkroom import process
+from darkroom import metrics, process
 from darkroom.config import Settings
 from darkroom.services.webhooks.sender import Sender
 from darkroom.webhooks import signing
@@ -126,8 +127,11 @@ class DeliveryWorker:
 
     async def _deliver(self, taken: Taken) -> None:
         bound = log.bind(delivery_id=str(taken.id), job_id=str(taken.job_id), attempt=taken.attempt)
+        started = time.perf_counter()
         try:
             outcome = await self.attempt(taken)
+            if metrics.enabled():
+                metrics.WEBHOOK_TRY_SECONDS.observe(time.perf_counter() - started)
             state = await self._deliveries.finish(
                 taken,
                 outcome,
@@ -137,7 +141,13 @@ class DeliveryWorker:
             )
         except Exception as exc:  # noqa: BLE001 - the lease brings the row back
             bound.warning("webhook_try_unrecorded", error=repr(exc))
+            if metrics.enabled():
+                metrics.WEBHOOK_TRIES.labels("unrecorded").inc()
             return
+        if metrics.enabled():
+            metrics.WEBHOOK_TRIES.labels(
+                _RESULTS.get(state, "superseded") if state else "superseded"
+            ).inc()
         fields = {"url": taken.url, "type": taken.type, "status": outcome.status}
         if state is DeliveryState.DELIVERED:
             bound.info("webhook_delivered", **fields)
@@ -159,6 +169,13 @@ class DeliveryWorker:
             signing.webhook_id(taken.id), datetime.now(UTC), body, signing_with
         )
         return await self._sender.post(taken.url, body, headers)
+
+
+_RESULTS = {
+    DeliveryState.DELIVERED: "delivered",
+    DeliveryState.DEAD: "dead",
+    DeliveryState.PENDING: "pending",
+}
 
 
 async def stop_task(task: asyncio.Task[None], grace: timedelta) -> None:

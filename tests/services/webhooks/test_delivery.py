@@ -8,6 +8,7 @@ import asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from darkroom import metrics
 from darkroom.webhooks.endpoints import Endpoints
 from darkroom.webhooks.log import DeliveryLog
 from darkroom.wiring import Resources
@@ -202,3 +203,32 @@ async def test_a_redelivered_dead_delivery_has_the_whole_schedule_again(
     assert logged.delivery.state == "DEAD"
     assert [attempt.number for attempt in logged.attempts] == [1, 2, 3, 4, 5, 6]
     assert len({call.id for call in receiver.received}) == 1
+
+
+async def test_tries_are_counted_by_how_the_delivery_stood_after_them(
+    receiver: Receiver, finish_job: Finish, start_worker: WorkerFactory, delivery_log: DeliveryLog
+) -> None:
+    def tries(result: str) -> float:
+        value = metrics.REGISTRY.get_sample_value(
+            "darkroom_webhook_tries_total", {"result": result}
+        )
+        return value or 0.0
+
+    def timed() -> float:
+        return metrics.REGISTRY.get_sample_value("darkroom_webhook_try_seconds_count") or 0.0
+
+    receiver.script = ["fail", "fail"]
+    before = {result: tries(result) for result in ("pending", "delivered")}
+    timed_before = timed()
+    metrics.enable()
+    try:
+        row = await finish_job(receiver.url())
+        await start_worker()
+        await receiver.wait_for(3)
+        [logged] = await settled(delivery_log, "alice", row.id)
+    finally:
+        metrics.enable(False)
+    assert logged.delivery.state == "DELIVERED"
+    assert tries("pending") - before["pending"] == 2
+    assert tries("delivered") - before["delivered"] == 1
+    assert timed() - timed_before == 3
