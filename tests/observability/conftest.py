@@ -57,6 +57,10 @@ class World:
     log_dir: Path
     processes: dict[str, Process] = field(default_factory=dict)
     channels: list[grpc.aio.Channel] = field(default_factory=list)
+    ports: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.ports |= {self.jobs_port, self.events_port}
 
     def env(self, **extra: str) -> dict[str, str]:
         s = self.settings
@@ -79,8 +83,16 @@ class World:
             **extra,
         }
 
+    def port(self) -> int:
+        """A free port none of this world's processes was given (a free port is only free
+        until someone binds it: the Events port is chosen before Events starts)."""
+        while (port := devservers.free_port()) in self.ports:
+            pass
+        self.ports.add(port)
+        return port
+
     async def spawn(self, name: str, module: str, *args: str, **extra: str) -> Process:
-        port = devservers.free_port()
+        port = self.port()
         env = self.env(DARKROOM_METRICS_ADDRESS=f"127.0.0.1:{port}", **extra)
         with open(self.log_dir / f"{name}.log", "ab") as sink:  # noqa: ASYNC230 - instant
             process = await asyncio.create_subprocess_exec(

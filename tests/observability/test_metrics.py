@@ -13,7 +13,6 @@ from typing import Any
 import grpc
 import pytest
 
-from darkroom import devservers
 from darkroom.config import DEV_TOKEN
 from darkroom.v1 import events_service_pb2, job_pb2
 from tests.observability.conftest import Process, World
@@ -78,7 +77,7 @@ async def test_every_process_serves_metrics_that_add_up_to_the_job_table(world: 
         "broken", "tests.fake_generator", "step_ms=5&fail=raise", DARKROOM_GENERATOR_MODEL="broken"
     )
     reconciler = await world.spawn("reconciler", "darkroom.services.reconciler")
-    gateway_port = devservers.free_port()
+    gateway_port = world.port()
     gateway = await world.spawn(
         "gateway", "darkroom.services.gateway", DARKROOM_GATEWAY_ADDRESS=f"127.0.0.1:{gateway_port}"
     )
