@@ -12,6 +12,7 @@ import signal
 import sys
 import tempfile
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +22,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from darkroom import devservers
+from darkroom import db, devservers
 from darkroom.config import DEV_TOKEN, Settings
 from darkroom.v1 import events_service_pb2_grpc, jobs_service_pb2_grpc
 from tests.clients.conftest import make_stack  # noqa: F401 - a fixture of the tracing tests
+from tests.conftest import create_database, drop_database
 from tests.helpers import Caller
 
 MODELS = ["tiny-sd", "broken", "idle"]
@@ -125,11 +127,18 @@ class World:
 
 
 @pytest.fixture
-async def world(settings: Settings) -> AsyncIterator[World]:
+async def world(settings: Settings, postgres_admin_url: str) -> AsyncIterator[World]:
     storage = Path(tempfile.mkdtemp(prefix="darkroom-metrics-storage-"))
     log_dir = Path(tempfile.mkdtemp(prefix="darkroom-metrics-logs-"))
+    # A database of its own: its reconciler would otherwise enqueue other tests' queued
+    # jobs of the same models, and its generators run them.
+    name = f"darkroom_metrics_{uuid.uuid4().hex[:12]}"
+    url = create_database(postgres_admin_url, name)
+    await asyncio.to_thread(db.migrate, url)
     world = World(
-        settings.model_copy(update={"key_prefix": f"{settings.key_prefix}-metrics"}),
+        settings.model_copy(
+            update={"key_prefix": f"{settings.key_prefix}-metrics", "database_url": url}
+        ),
         devservers.free_port(),
         devservers.free_port(),
         storage,
@@ -148,3 +157,4 @@ async def world(settings: Settings) -> AsyncIterator[World]:
             process.process.kill()
             await process.process.wait()
     shutil.rmtree(storage, ignore_errors=True)
+    drop_database(postgres_admin_url, name)
