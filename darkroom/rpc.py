@@ -1,5 +1,6 @@
-"""What every RPC handler shares: authentication, one log line, and error mapping, with
-requests that do not parse refused like any other invalid input (`RequestGuard`)."""
+"""What every RPC handler shares: authentication, one log line, error mapping, metrics and
+the server span of a trace, with requests that do not parse refused like any other invalid
+input (`RequestGuard`)."""
 
 from __future__ import annotations
 
