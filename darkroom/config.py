@@ -151,6 +151,12 @@ class Settings(BaseSettings):
     job_timeout: Seconds = timedelta(minutes=10)
     retry_backoff: Seconds = timedelta(seconds=2)
     retry_backoff_max: Seconds = timedelta(minutes=1)
+    # Micro-batching, opt-in per model ('{"sd15": 4}'): a generator of a listed model runs
+    # up to that many images of queued jobs that share size, steps and guidance as one
+    # pipeline call, waiting at most `batch_wait` for them once it has one (see
+    # `services/generator/batch.py`). Each job's images stay byte-identical to a run alone.
+    batch_sizes: dict[str, Annotated[int, Field(ge=1, le=64)]] = Field(default_factory=dict)
+    batch_wait: Seconds = timedelta(milliseconds=5)
 
     # Reconciler: how often it runs, how long a QUEUED job may sit with its message taken
     # but unclaimed before the message is deemed lost, and how far back it checks that
@@ -263,6 +269,11 @@ class Settings(BaseSettings):
     def policy_for(self, owner: str) -> OwnerPolicy:
         """The scheduling weight and quotas of `owner`."""
         return self.owner_policies.get(owner, self.owner_policy)
+
+    @property
+    def batch_size(self) -> int:
+        """The most images this generator runs in one pipeline call (1: no batching)."""
+        return self.batch_sizes.get(self.served_model, 1)
 
     def queue_for(self, model: str) -> str:
         """The arq queue (a Redis sorted set) of one model: workers serve one model each."""

@@ -286,6 +286,10 @@ class Consumer:
         self._wakeups = wakeups
         self._stopping = False
         self._waiting: asyncio.Future[Any] | None = None
+        # Messages the running handler took beside its own (`take_more`), and the one it
+        # gave back to run next (`keep`).
+        self._extras: dict[int, Taken] = {}
+        self._next: Taken | None = None
         self.polls = 0  # how often it looked at the queue (the tests count them)
         # When the loop last turned (monotonic), and whether that turn succeeded: the
         # generator's health endpoint reads them.
@@ -297,7 +301,7 @@ class Consumer:
         failures = 0
         while not self._stopping:
             try:
-                taken = await self._take()
+                taken, self._next = self._next or await self._take(), None
                 if taken is None:
                     await self._idle()
                 else:
@@ -315,6 +319,9 @@ class Consumer:
                 if metrics.enabled():
                     metrics.LOOP_ERRORS.inc()
                 await self._sleep(delay)
+        if self._next is not None:  # kept for a next turn that will not come
+            await self._release(self._next.message_id, counted=False)
+            self._next = None
 
     @property
     def stopping(self) -> bool:
@@ -325,6 +332,27 @@ class Consumer:
         self._stopping = True
         if self._waiting is not None:
             self._waiting.cancel()
+
+    async def take_more(self) -> QueueMessage | None:
+        """For the running handler: one more due message of the queue, without waiting
+        (None when there is none, or the consumer is stopping). It is forgotten with the
+        handler's own when the handler returns, unless handed to `keep`."""
+        while not self._stopping:
+            taken = await self._take()
+            if taken is None:
+                return None
+            try:
+                message = _decode(taken.payload)
+            except MalformedMessageError as exc:
+                await self._set_aside(taken, f"malformed: {exc}")
+                continue
+            self._extras[id(message)] = taken
+            return message
+        return None
+
+    def keep(self, message: QueueMessage) -> None:
+        """Run `message` (from `take_more`) next, as the next turn's own message."""
+        self._next = self._extras.pop(id(message))
 
     async def _take(self) -> Taken | None:
         while True:
@@ -389,6 +417,8 @@ class Consumer:
         try:
             await self._handle(message)
         except Exception as exc:
+            for extra in self._took_more():
+                await self._release(extra.message_id, counted=False)
             if isinstance(exc, DEPENDENCY_ERRORS):
                 # Not the message's fault: it runs again after the loop's backoff.
                 await self._release(taken.message_id, counted=False)
@@ -399,6 +429,12 @@ class Consumer:
             await self._release(taken.message_id, counted=True)
             raise
         await self._finish(taken.message_id)
+        for extra in self._took_more():
+            await self._finish(extra.message_id)
+
+    def _took_more(self) -> list[Taken]:
+        extras, self._extras = list(self._extras.values()), {}
+        return extras
 
     async def _release(self, message_id: str, *, counted: bool) -> None:
         """Hand a message back to the queue at once (for this or another worker)."""

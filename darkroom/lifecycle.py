@@ -95,14 +95,26 @@ class Lifecycle:
     # -- the worker's moves; `attempt` is always the caller's own, which fences it --------
 
     async def claim(
-        self, job_id: uuid.UUID, queued_attempt: int, worker_id: str, lease: timedelta
+        self,
+        job_id: uuid.UUID,
+        queued_attempt: int,
+        worker_id: str,
+        lease: timedelta,
+        *,
+        batch_with: JobRecord | None = None,
+        room: int = 0,
     ) -> JobRecord | None:
         """QUEUED -> RUNNING as the next attempt, then `started`; None if not claimable.
 
-        A message that is not claimable because the job is past its deadline expires it."""
-        row = await self.store.claim(job_id, queued_attempt, worker_id, lease)
+        A message that is not claimable because the job is past its deadline expires it.
+        With `batch_with` (see `JobStore.claim`), a job that cannot join that one's batch
+        is left as it is, for its own turn."""
+        row = await self.store.claim(
+            job_id, queued_attempt, worker_id, lease, batch_with=batch_with, room=room
+        )
         if row is None:
-            await self.expire(job_id)
+            if batch_with is None:
+                await self.expire(job_id)
             return None
         job_metrics.started(row)
         await self.publish(events.started(job_id, row.attempt, worker_id))

@@ -43,6 +43,11 @@ class HasSpec(Protocol):
     def webhook(self) -> dict[str, Any] | None: ...
 
 
+# What jobs run in one batched pipeline call share (beside their model); each keeps its
+# prompts, seeds and number of images.
+BATCH_SHARED = ("width", "height", "steps", "guidance_scale")
+
+
 @dataclass(frozen=True)
 class Spec:
     """A job's spec as recorded (limits are checked in `darkroom.validation`)."""

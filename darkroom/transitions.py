@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from darkroom.db import HeldConnection, sessionmaker
 from darkroom.models import JobRecord, JobRow, State
+from darkroom.spec import BATCH_SHARED
 from darkroom.webhooks.outbox import Event, with_deliveries
 
 _JOBS = cast(Table, JobRow.__table__)
@@ -97,14 +98,27 @@ class Transitions:
     # stale or duplicate worker matches no row and changes nothing.
 
     async def claim(
-        self, job_id: uuid.UUID, queued_attempt: int, worker_id: str, lease: timedelta
+        self,
+        job_id: uuid.UUID,
+        queued_attempt: int,
+        worker_id: str,
+        lease: timedelta,
+        *,
+        batch_with: JobRecord | None = None,
+        room: int = 0,
     ) -> JobRecord | None:
         """QUEUED -> RUNNING as attempt `queued_attempt + 1`, leased by the database clock.
 
         None when the job is not QUEUED at `queued_attempt`, or has never started and is
         past its deadline (the deadline bounds the wait before the first start only: a job
-        handed back or lost after it started runs again while attempts remain).
+        handed back or lost after it started runs again while attempts remain). With
+        `batch_with`, also None (nothing written) unless the job can share that job's
+        pipeline call (`BATCH_SHARED`, the same model) with at most `room` images.
         """
+        where = [or_(JobRow.deadline > func.now(), JobRow.started_at.is_not(None))]
+        if batch_with is not None:
+            where += [getattr(JobRow, name) == getattr(batch_with, name) for name in BATCH_SHARED]
+            where += [JobRow.model == batch_with.model, JobRow.num_images <= room]
         return await self.transition(
             job_id,
             State.QUEUED,
@@ -118,7 +132,7 @@ class Transitions:
                 "progress_total": JobRow.steps,
             },
             attempt=queued_attempt,
-            where=[or_(JobRow.deadline > func.now(), JobRow.started_at.is_not(None))],
+            where=where,
             outbox=Event.STARTED,
         )
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import threading
 import time
 import uuid
@@ -20,7 +19,7 @@ from darkroom.process import raise_if_cancelled
 from darkroom.services.generator.context import PipelineWedgedError, Services, Stop
 from darkroom.services.generator.failures import Kind, PermanentError, classify
 from darkroom.services.generator.outputs import LeaseLostError, store_images
-from darkroom.services.generator.pipeline import GenerationRequest, PipelineInterrupted
+from darkroom.services.generator.pipeline import GenerationRequest
 from darkroom.services.generator.progress import StepProgress
 from darkroom.spec import Spec
 
@@ -47,6 +46,8 @@ class Attempt:
         self.progress = StepProgress(row.steps, services.settings.progress_rate)
         self._finished = False
         self._wake = asyncio.Event()  # the first step, or the end of the attempt
+        self._monitor_task: asyncio.Task[None] | None = None
+        self.concluded = False  # its move is made (a cancel noticed mid-batch)
         # The pipeline's last sign of life (monotonic), while it generates; None after.
         self.pipeline_alive_at: float | None = time.monotonic()
 
@@ -124,52 +125,54 @@ class Attempt:
                     continue
                 if self.stop_reason is Stop.LOST:
                     return
+                if self.stop_reason is Stop.CANCEL:
+                    # Ended at once: the pipeline stops at its next step (or, in a batch,
+                    # goes on for the other jobs while this one's images are dropped).
+                    await self._conclude_stop()
+                    return
             await self._publish_progress()
 
-    def _request(self) -> GenerationRequest:
+    def request(self) -> GenerationRequest:
         return GenerationRequest.for_spec(Spec.of(self.row))
 
-    async def _generate(self) -> list[Image.Image] | None:
-        """Run the pipeline on its thread; None when it was stopped early."""
-        future = self._loop.run_in_executor(
-            self.s.executor, self.s.pipeline.generate, self._request(), self.on_step
-        )
-        done, _ = await asyncio.wait({future}, timeout=self.s.settings.job_timeout.total_seconds())
-        if not done:
-            self.request_stop(Stop.TIMEOUT)
-            # It stops at its next step; one that takes longer than a lease never will.
-            done, _ = await asyncio.wait({future}, timeout=self.s.settings.lease.total_seconds())
-            if not done:
-                raise PipelineWedgedError
-        try:
-            return await future
-        except PipelineInterrupted:
-            return None
-        finally:
-            self.pipeline_alive_at = None
+    def begin(self) -> None:
+        """The pipeline is about to run this attempt's request: watch it."""
+        self._monitor_task = asyncio.create_task(self._monitor())
 
-    async def run(self) -> None:
-        """Run the attempt to its end; every outcome is a row transition."""
-        began = time.perf_counter()
-        monitor = asyncio.create_task(self._monitor())
-        try:
-            images = await self._generate()
-            generated = time.perf_counter()
-        except PipelineWedgedError:
-            await self._stop_monitor(monitor)
-            await self._wedged()
+    async def generated(
+        self, outcome: list[Image.Image] | BaseException | None, began: float, generated: float
+    ) -> None:
+        """The pipeline call ended (images, an error, or None when stopped early): make the
+        attempt's move, storing the images first (the output path, which a worker runs
+        while its pipeline already runs the next job)."""
+        await self._stop_monitor()
+        self.pipeline_alive_at = None
+        if self.concluded:
             return
-        except Exception as exc:  # noqa: BLE001 - classified below
-            await self._stop_monitor(monitor)
-            await self.fail(exc)
+        if isinstance(outcome, PipelineWedgedError):
+            limit = self.s.settings.job_timeout.total_seconds()
+            await self.fail(
+                PermanentError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"the job did not finish within the execution timeout of {limit:g} s",
+                )
+            )
             return
-        await self._stop_monitor(monitor)
+        if isinstance(outcome, BaseException):
+            await self.fail(outcome)
+            return
         self._count_steps(generated - began)
-        if images is None or self.stop_reason is not None:
-            await self._stopped()
+        if outcome is None or self.stop_reason is not None:
+            await self._conclude_stop()
             return
         # The last steps go out with the terminal event, in the same append.
-        await self._finish(images, self._progress_due(), began, generated)
+        await self._finish(outcome, self._progress_due(), began, generated)
+
+    async def run(self) -> None:
+        """Run the attempt alone, to its end; every outcome is a row transition."""
+        from darkroom.services.generator.batch import Batch  # noqa: PLC0415 - it runs us
+
+        await Batch(self.s, [self]).run()
 
     def _count_steps(self, seconds: float) -> None:
         """The steps the pipeline ran, and their pace (a metric; nothing when off)."""
@@ -197,7 +200,7 @@ class Attempt:
                 self.s.storage,
                 self.row,
                 images,
-                seeds=self._request().seeds,
+                seeds=self.request().seeds,
                 model_version=self.s.pipeline.model_version,
                 holds_job=self._holds_job,
                 created=created,
@@ -276,26 +279,18 @@ class Attempt:
         if orphans:
             log.info("outputs_discarded", count=len(orphans))
 
-    async def _wedged(self) -> None:
-        """Fail the job, then end the process: its only pipeline thread is stuck for good,
-        so this worker can run nothing else; its supervisor starts a fresh one."""
-        limit = self.s.settings.job_timeout.total_seconds()
-        await self.fail(
-            PermanentError(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"the job did not finish within the execution timeout of {limit:g} s",
-            )
-        )
-        log.error("pipeline_wedged", action="exiting")
-        os._exit(70)
-
-    async def _stop_monitor(self, monitor: asyncio.Task[None]) -> None:
+    async def _stop_monitor(self) -> None:
         # Let it finish its current write rather than cancel a query halfway.
         self._finished = True
         self._wake.set()
-        await monitor
+        if self._monitor_task is not None:
+            await self._monitor_task
 
-    async def _stopped(self) -> None:
+    async def _conclude_stop(self) -> None:
+        """End an attempt that was told to stop, once."""
+        if self.concluded:
+            return
+        self.concluded = True
         reason = self.stop_reason
         log.info("attempt_stopped", reason=reason.value if reason else None)
         if reason is Stop.LOST:

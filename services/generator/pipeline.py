@@ -19,6 +19,7 @@ from urllib.parse import parse_qs
 
 from PIL import Image
 
+from darkroom.services.generator.invariance import make_batch_invariant
 from darkroom.spec import Spec
 
 # (completed step, total steps) -> whether to go on.
@@ -47,6 +48,7 @@ class GenerationRequest:
 
 
 REQUEST_FIELDS = tuple(field.name for field in fields(GenerationRequest))
+
 SEED_SPACE = 2**32
 
 
@@ -62,6 +64,24 @@ class Pipeline(Protocol):
 
     def generate(self, request: GenerationRequest, on_step: StepCallback) -> list[Image.Image]:
         """Generate (blocking). Raises `PipelineInterrupted` when `on_step` returned False."""
+
+
+class BatchPipeline(Pipeline, Protocol):
+    """A pipeline that can run several requests sharing `darkroom.spec.BATCH_SHARED` in one
+    call."""
+
+    def batch_invariant(self) -> None:
+        """From now on, each image is the same whatever shares its call (once, at start)."""
+
+    def generate_batch(
+        self, requests: list[GenerationRequest], on_step: StepCallback
+    ) -> list[list[Image.Image]]:
+        """Each request's images, in order (blocking; `PipelineInterrupted` as above)."""
+
+
+def can_batch(pipeline: Pipeline) -> bool:
+    """Whether `pipeline` runs batches (test fakes may not)."""
+    return hasattr(pipeline, "generate_batch")
 
 
 def _weights_digest(folder: Path) -> str:
@@ -128,35 +148,55 @@ class DiffusersPipeline:
         version = _weights_digest(folder) if local else _hub_revision(model, revision)
         return cls(pipe, str(folder.resolve()) if local else model, version)
 
+    def batch_invariant(self) -> None:
+        make_batch_invariant(self._pipe)
+
     def generate(self, request: GenerationRequest, on_step: StepCallback) -> list[Image.Image]:
+        return self.generate_batch([request], on_step)[0]
+
+    def generate_batch(
+        self, requests: list[GenerationRequest], on_step: StepCallback
+    ) -> list[list[Image.Image]]:
+        """One call for every image of `requests` (which share `spec.BATCH_SHARED`): prompts
+        repeated once per image, one CPU generator per image (seeds reproduce on any
+        device), so that with `batch_invariant` each image is what its request alone
+        would give."""
         import torch  # noqa: PLC0415
+
+        first = requests[0]
+        prompts = [r.prompt for r in requests for _ in r.seeds]
+        negatives = [r.negative_prompt for r in requests for _ in r.seeds]
+        generators = [torch.Generator("cpu").manual_seed(s) for r in requests for s in r.seeds]
 
         def callback(
             pipe: Any, step_index: int, timestep: Any, kwargs: dict[str, Any]
         ) -> dict[str, Any]:
-            total = int(getattr(pipe, "num_timesteps", request.steps) or request.steps)
+            total = int(getattr(pipe, "num_timesteps", first.steps) or first.steps)
             if not on_step(step_index + 1, total):
                 # Raised, not diffusers' `_interrupt` flag: that one still runs the VAE
                 # decode on latents nobody wants (seconds for large images on a CPU).
                 raise PipelineInterrupted("the pipeline was interrupted")
             return kwargs
 
-        # One CPU generator per image: seeds reproduce on any device.
-        generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds]
         result = self._pipe(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt or None,
-            width=request.width,
-            height=request.height,
-            num_inference_steps=request.steps,
-            guidance_scale=request.guidance_scale,
-            num_images_per_prompt=len(request.seeds),
+            prompt=prompts,
+            # An empty negative prompt is what diffusers uses for None.
+            negative_prompt=negatives if any(negatives) else None,
+            width=first.width,
+            height=first.height,
+            num_inference_steps=first.steps,
+            guidance_scale=first.guidance_scale,
+            num_images_per_prompt=1,
             generator=generators,
             callback_on_step_end=callback,
             output_type="pil",
         )
         images: list[Image.Image] = result.images
-        return images
+        split, at = [], 0
+        for r in requests:
+            split.append(images[at : at + len(r.seeds)])
+            at += len(r.seeds)
+        return split
 
 
 class FakePipeline:
@@ -178,7 +218,16 @@ class FakePipeline:
         query = parse_qs(text)
         return cls(float(query.get("step_ms", ["10"])[0]) / 1000, query.get("fail", [""])[0])
 
+    def batch_invariant(self) -> None:
+        pass  # flat colours are
+
     def generate(self, request: GenerationRequest, on_step: StepCallback) -> list[Image.Image]:
+        return self.generate_batch([request], on_step)[0]
+
+    def generate_batch(
+        self, requests: list[GenerationRequest], on_step: StepCallback
+    ) -> list[list[Image.Image]]:
+        request = requests[0]
         for step in range(1, request.steps + 1):
             time.sleep(self._step_seconds)
             if self._fail == "raise":
@@ -190,8 +239,8 @@ class FakePipeline:
             if not on_step(step, request.steps):
                 raise PipelineInterrupted("the pipeline was interrupted")
         return [
-            Image.new("RGB", (request.width, request.height), _colour(request.prompt, seed))
-            for seed in request.seeds
+            [Image.new("RGB", (r.width, r.height), _colour(r.prompt, seed)) for seed in r.seeds]
+            for r in requests
         ]
 
 

@@ -12,19 +12,23 @@ from datetime import timedelta
 
 import structlog
 
-from darkroom import metrics, queue, tracing
+from darkroom import metrics, queue
 from darkroom.capacity import Presence
 from darkroom.config import Settings
 from darkroom.consumer import Consumer
+from darkroom.models import JobRecord
 from darkroom.services.generator import pipeline as pipelines
 from darkroom.services.generator import telemetry
 from darkroom.services.generator.attempt import Attempt
+from darkroom.services.generator.batch import Batch
 from darkroom.services.generator.context import Services, Stop
 from darkroom.services.generator.faults import Faults
 from darkroom.services.generator.health import HealthServer, Vitals
 from darkroom.wiring import Resources
 
 log = structlog.get_logger("darkroom.generator")
+# How often a forming batch looks for companions while it waits for them.
+BATCH_POLL = 0.001
 
 
 def default_worker_id() -> str:
@@ -33,47 +37,122 @@ def default_worker_id() -> str:
 
 @dataclass
 class Runner:
-    """Turns queue messages into attempts, and hands the current one back on shutdown."""
+    """Turns queue messages into attempts, and hands the current one back on shutdown.
+
+    The pipeline runs one call at a time (one job, or a batch of them: `batch.py`). Once
+    a call returns, its outputs are encoded, stored and committed in the background while
+    the consumer takes the next job and the pipeline runs it: at most one call's outputs
+    are in flight, and each attempt still stores, then commits, then publishes, fenced by
+    its own lease, exactly as alone."""
 
     services: Services
     presence: Presence | None = None
-    current: Attempt | None = None
+    consumer: Consumer | None = None  # where a batch takes its companions
+    current: Batch | None = None
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    storing: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         self.idle.set()
 
     async def handle(self, message: queue.QueueMessage) -> None:
-        """Claim and run the attempt after the message's; stale messages change nothing."""
-        job_id, queued_attempt = message.job_id, message.attempt
+        """Run the message's job to its end (the outputs too)."""
+        await self.take(message)
+        await self.settle()
+
+    async def settle(self) -> None:
+        """Until the outputs in flight are stored and committed."""
+        if self.storing is not None:
+            await asyncio.shield(self.storing)
+
+    async def take(self, message: queue.QueueMessage) -> None:
+        """The consumer's handler: claim the job after the message's (stale messages change
+        nothing) and its batch companions, run the pipeline call, and leave its outputs to
+        the background; returns once the pipeline is free (and the previous call's outputs
+        are stored)."""
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(job_id=str(job_id))
+        structlog.contextvars.bind_contextvars(job_id=str(message.job_id))
         s = self.services
-        model = s.settings.served_model
         claiming = time.time_ns()  # the attempt's span starts with its claim
-        row = await s.lifecycle.claim(job_id, queued_attempt, s.worker_id, s.settings.lease)
+        row = await s.lifecycle.claim(
+            message.job_id, message.attempt, s.worker_id, s.settings.lease
+        )
         if row is None:  # a duplicate, late or expired delivery
-            log.info("delivery_ignored", queued_attempt=queued_attempt)
+            log.info("delivery_ignored", queued_attempt=message.attempt)
             return
-        with tracing.attempt_span(str(job_id), model, row.attempt, row.traceparent, claiming):
-            structlog.contextvars.bind_contextvars(attempt=row.attempt)
-            log.info("attempt_started", worker_id=s.worker_id)
-            self.current = Attempt(s, row)
-            self.idle.clear()
-            if self.presence is not None:
-                started = row.started_at.timestamp() if row.started_at else time.time()
-                self.presence.busy(started)
-            if metrics.enabled():
-                metrics.GENERATOR_BUSY.labels(model).set(1)
-            try:
-                await self.current.run()
-            finally:
-                self.current = None
-                self.idle.set()
-                if self.presence is not None:
-                    self.presence.idle()
-                if metrics.enabled():
-                    metrics.GENERATOR_BUSY.labels(model).set(0)
+        rows = [row, *await self._companions(row)]
+        batch = Batch(s, [Attempt(s, r) for r in rows])
+        self.current = batch
+        self.idle.clear()
+        self._busy(row, True)
+        try:
+            batch.start(claiming)
+            await batch.generate()
+        except BaseException:
+            batch.abandon()
+            raise
+        finally:
+            self.current = None
+            self._busy(row, False)
+            if not batch.generated:  # nothing to store
+                self._settled()
+        previous, self.storing = self.storing, asyncio.create_task(self._store(batch))
+        if previous is not None:
+            await asyncio.shield(previous)
+
+    async def _store(self, batch: Batch) -> None:
+        try:
+            await batch.finish()
+        finally:
+            if self.storing is asyncio.current_task():
+                self.storing = None
+            self._settled()
+
+    def _settled(self) -> None:
+        """Idle once no call runs and no outputs are in flight."""
+        if self.current is None and (self.storing is None or self.storing.done()):
+            self.idle.set()
+
+    async def _companions(self, lead: JobRecord) -> list[JobRecord]:
+        """Queued jobs to run in the lead's call: claimed while they fit, waiting at most
+        `batch_wait` for them; the first that cannot join is kept for the next turn."""
+        s, consumer = self.services, self.consumer
+        room = s.settings.batch_size - lead.num_images
+        if consumer is None or room <= 0 or not pipelines.can_batch(s.pipeline):
+            return []
+        joined: list[JobRecord] = []
+        deadline = time.monotonic() + s.settings.batch_wait.total_seconds()
+        while room > 0:
+            message = await consumer.take_more()
+            if message is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                await asyncio.sleep(min(left, BATCH_POLL))
+                continue
+            row = await s.lifecycle.claim(
+                message.job_id,
+                message.attempt,
+                s.worker_id,
+                s.settings.lease,
+                batch_with=lead,
+                room=room,
+            )
+            if row is None:  # another shape (or a stale message): its own turn
+                consumer.keep(message)
+                break
+            joined.append(row)
+            room -= row.num_images
+        return joined
+
+    def _busy(self, row: JobRecord, busy: bool) -> None:
+        if self.presence is not None:
+            if busy:
+                self.presence.busy(row.started_at.timestamp() if row.started_at else time.time())
+            else:
+                self.presence.idle()
+        if metrics.enabled():
+            metrics.GENERATOR_BUSY.labels(self.services.settings.served_model).set(int(busy))
 
     async def reject(self, message: queue.QueueMessage, reason: str) -> None:
         """The consumer set the message aside as poison: end its job, if still waiting."""
@@ -82,7 +161,8 @@ class Runner:
             log.error("job_rejected", job_id=str(message.job_id), reason=reason)
 
     async def drain(self, grace: timedelta) -> None:
-        """Let the current attempt finish within `grace`, else hand it back to the queue."""
+        """Let the current call finish within `grace`, else hand its jobs back to the
+        queue; either way, until their outputs are stored."""
         try:
             await asyncio.wait_for(self.idle.wait(), grace.total_seconds())
         except TimeoutError:
@@ -183,11 +263,13 @@ async def start(
         worker_id=services.worker_id,
         interval=settings.heartbeat_interval,
     )
+    if settings.batch_size > 1 and pipelines.can_batch(pipeline):
+        await loop.run_in_executor(executor, pipeline.batch_invariant)  # type: ignore[attr-defined]
     runner = Runner(services, presence)
     consumer = Consumer(
         resources.redis,
         settings.queue_for(settings.served_model),
-        runner.handle,
+        runner.take,
         # How long a taken message stays taken if this process dies: the reconciler
         # hands it on sooner, once the attempt's lease has expired.
         hold=settings.job_timeout + settings.lease * 4 + timedelta(seconds=60),
@@ -196,6 +278,7 @@ async def start(
         reject=runner.reject,
         keys=settings.keys,
     )
+    runner.consumer = consumer
     generator = Generator(consumer, runner, resources, executor)
     if settings.generator_health_address:
         generator.health = HealthServer(generator.vitals())
@@ -210,5 +293,6 @@ async def start(
         model=settings.served_model,
         model_id=pipeline.model_id,
         model_version=pipeline.model_version,
+        batch_size=settings.batch_size,
     )
     return generator
