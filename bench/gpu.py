@@ -12,6 +12,7 @@ on the meta device (parameter counts) and a scaled-down pipeline generating for 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tempfile
@@ -148,6 +149,20 @@ def request(size: int, steps: int, batch: int) -> Any:
     )
 
 
+def job_requests(size: int, steps: int, jobs: int) -> list[Any]:
+    """`jobs` one-image jobs of one shape, each its own prompt and seed (a micro-batch)."""
+    from dataclasses import replace  # noqa: PLC0415
+
+    base = request(size, steps, 1)
+    return [
+        replace(base, prompt=f"{base.prompt}, variation {i}", seeds=[1234 + i]) for i in range(jobs)
+    ]
+
+
+def digests(images: list[Any]) -> list[str]:
+    return [hashlib.sha256(image.tobytes()).hexdigest() for image in images]
+
+
 def cpu_smoke() -> int:
     """Check the full-size configurations (on the meta device) and run a toy pipeline."""
     import torch  # noqa: PLC0415
@@ -180,6 +195,13 @@ def cpu_smoke() -> int:
             f"{time.perf_counter() - began:.2f} s, steps reported {steps}"
         )
         ok &= len(images) == 2 and images[0].size == (64, 64) and steps == [1, 2]
+        toy.batch_invariant()
+        jobs = job_requests(64, 2, 3)
+        batched = [image for images in toy.generate_batch(jobs, on_step) for image in images]
+        alone = [toy.generate(job, on_step)[0] for job in jobs]
+        same = digests(batched) == digests(alone)
+        print(f"micro-batch of 3 jobs: byte-identical to each run alone: {same}")
+        ok &= same
     print("cpu smoke:", "ok" if ok else "FAILED")
     return 0 if ok else 1
 
@@ -249,7 +271,9 @@ def measure(args: argparse.Namespace) -> int:
                     f"(median of {args.runs}; warm-up {warmup_s:.1f} s)",
                     flush=True,
                 )
+        batched_rows = _micro_batches(pipe, args)
     document = {
+        "micro_batches": batched_rows,
         "card": card,
         "torch": torch.__version__,
         "dtype": args.dtype,
@@ -264,6 +288,50 @@ def measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def _micro_batches(pipe: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The generator's micro-batching (`DARKROOM_BATCH_SIZES`): N one-image jobs as one
+    batch-invariant call against the same N jobs one by one on the same (batch-invariant)
+    pipeline, and whether each image came out the same both ways."""
+    import torch  # noqa: PLC0415
+
+    from darkroom.services.generator.pipeline import DiffusersPipeline  # noqa: PLC0415
+
+    runner = DiffusersPipeline(pipe, "sd15-random", "random")
+    runner.batch_invariant()  # in place, for good: the last thing measured
+    rows = []
+    for jobs in (int(b) for b in args.job_batches.split(",")):
+        requests = job_requests(args.size, args.steps, jobs)
+        for _ in range(args.warmup):
+            runner.generate_batch(requests, lambda step, total: True)
+        alone_s, batched_s = [], []
+        for _ in range(args.runs):  # taking turns: drift hits both alike
+            start = time.perf_counter()
+            alone = [runner.generate(job, lambda step, total: True)[0] for job in requests]
+            torch.cuda.synchronize()
+            alone_s.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            batched = runner.generate_batch(requests, lambda step, total: True)
+            torch.cuda.synchronize()
+            batched_s.append(time.perf_counter() - start)
+        flat = [images[0] for images in batched]
+        row = {
+            "jobs": jobs,
+            "alone_images_per_second": jobs / sorted(alone_s)[len(alone_s) // 2],
+            "batched_images_per_second": jobs / sorted(batched_s)[len(batched_s) // 2],
+            "byte_identical": digests(flat) == digests(alone),
+        }
+        row["gain"] = row["batched_images_per_second"] / row["alone_images_per_second"]
+        rows.append(row)
+        print(
+            f"micro-batch of {jobs} jobs (batch-invariant): "
+            f"{row['batched_images_per_second']:.2f} images/s against "
+            f"{row['alone_images_per_second']:.2f} one by one ({row['gain']:.2f}x); "
+            f"byte-identical: {row['byte_identical']}",
+            flush=True,
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.split("\n")[0])
     parser.add_argument("--cpu-smoke", action="store_true", help="check the model code on CPU")
@@ -271,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batches", default="1,4")
     parser.add_argument("--modes", default="eager,compile")
+    parser.add_argument("--job-batches", default="4", help="micro-batch sizes in jobs")
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--runs", type=int, default=3)

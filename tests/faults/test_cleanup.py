@@ -37,7 +37,9 @@ async def test_racing_republishes_leave_one_terminal_event_per_stream(cluster: C
     # the live worker's own publish, which follows its commit by a few ms.
     for _ in range(2):
         await cluster.reconciler(DARKROOM_RECONCILE_INTERVAL="0.05")
-    doomed = [await cluster.generator("step_ms=5", fault="after_commit") for _ in range(3)]
+    # Slow enough that each takes one of the three jobs before any of them is done: a
+    # worker takes its next job while it stores the last one, and would take two.
+    doomed = [await cluster.generator("step_ms=200", fault="after_commit") for _ in range(3)]
     orphaned = [await cluster.submit(steps=2) for _ in range(3)]
     for process in doomed:  # each took one job, committed it and died
         assert await asyncio.wait_for(process.wait(), 60) == 137

@@ -263,11 +263,14 @@ class AsyncDarkroomClient:
 
     async def wait(self, job_id: str, *, on_event: EventCallback | None = None) -> job_pb2.Job:
         """Watch a job to its end (calling `on_event` with each event) and return it."""
+        last = None
         async for event in self.watch(job_id):
             if on_event is not None:
                 on_event(event)
-        # Read the row: the terminal event's output URLs may have expired by now.
-        return await self.get(job_id)
+            last = event
+        # The last event carries the final job: read it again only when its output URLs
+        # have (nearly) expired, as after a long watch of a job that ended long ago.
+        return jobs.final_job(last) or await self.get(job_id)
 
     async def generate(
         self,

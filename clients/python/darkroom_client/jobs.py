@@ -9,6 +9,7 @@ from typing import TypeAlias, TypedDict
 
 from darkroom.v1 import events_service_pb2, job_pb2, webhook_pb2
 from darkroom_client.errors import JobCancelled, JobFailed
+from darkroom_client.outputs import outputs_fetchable
 
 Job = job_pb2.Job
 JobEvent = events_service_pb2.JobEvent
@@ -90,6 +91,15 @@ def event_job(event: events_service_pb2.JobEvent) -> job_pb2.Job | None:
         job: job_pb2.Job = getattr(event, kind).job
         return job
     return None
+
+
+def final_job(last: events_service_pb2.JobEvent | None) -> job_pb2.Job | None:
+    """The final job that a watch's last event carries (a terminal event, or a terminal
+    snapshot), when its outputs can still be fetched; else None (read the job instead)."""
+    job = event_job(last) if last is not None else None
+    if job is None or not is_terminal(job) or not outputs_fetchable(job):
+        return None
+    return job
 
 
 def check_outcome(job: job_pb2.Job) -> job_pb2.Job:

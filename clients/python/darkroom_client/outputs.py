@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import calendar
 import hashlib
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from darkroom.v1 import job_pb2
 from darkroom_client.errors import OutputError
@@ -58,3 +60,32 @@ def fetch_outputs(job: job_pb2.Job, timeout: float = 60.0) -> list[bytes]:
 
 def _index(output: job_pb2.JobOutput) -> int:
     return output.index
+
+
+def url_expires_at(url: str) -> float | None:
+    """When a signed URL stops working (Unix time): GCS V4 (`X-Goog-Date` +
+    `X-Goog-Expires`) or V2 (`Expires`); `inf` for a URL without a query (a file or a
+    plain address); None when a query does not say."""
+    query = urlsplit(url).query
+    if not query:
+        return float("inf")
+    params = {key.lower(): values[0] for key, values in parse_qs(query).items()}
+    try:
+        if "x-goog-date" in params and "x-goog-expires" in params:
+            signed = time.strptime(params["x-goog-date"], "%Y%m%dT%H%M%SZ")
+            return calendar.timegm(signed) + int(params["x-goog-expires"])
+        if "expires" in params:
+            return float(params["expires"])
+    except ValueError:
+        return None
+    return None
+
+
+def outputs_fetchable(job: job_pb2.Job, for_seconds: float = 60.0) -> bool:
+    """Whether every output's address still works `for_seconds` from now."""
+    deadline = time.time() + for_seconds
+    for output in job.outputs:
+        expires = url_expires_at(output.url or output.uri)
+        if expires is None or expires < deadline:
+            return False
+    return True

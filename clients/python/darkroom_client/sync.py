@@ -186,10 +186,12 @@ class DarkroomClient:
 
     def wait(self, job_id: str, *, on_event: EventCallback | None = None) -> job_pb2.Job:
         """See `AsyncDarkroomClient.wait`."""
+        last = None
         for event in self.watch(job_id):
             if on_event is not None:
                 on_event(event)
-        return self.get(job_id)
+            last = event
+        return jobs.final_job(last) or self.get(job_id)
 
     def generate(
         self,
