@@ -31,6 +31,7 @@ TITLES = {
     "gateway": "7. Gateway",
     "observability": "8. Observability",
     "webhooks": "9. Webhooks",
+    "closed_loop": "10. Closed loop",
 }
 
 

@@ -16,6 +16,7 @@ SECTIONS = (
     "gateway",
     "observability",
     "webhooks",
+    "closed_loop",
 )
 
 
@@ -52,6 +53,17 @@ class Options:
     )
     # 6. Recovery
     recovery_timeout: float = 90.0
+    # 10. Closed loop: clients that each submit, watch, fetch and submit again
+    closed_loop_clients: int = 8
+    closed_loop_window_s: float = 30.0
+    closed_loop_shapes: list[tuple[int, int]] = field(
+        default_factory=lambda: [(128, 20), (512, 30)]
+    )
+    # Batched against unbatched generators: the seconds of each side's window, per round
+    # (two rounds, each side first once).
+    batch_shapes: list[tuple[int, int]] = field(default_factory=lambda: [(64, 8), (128, 8)])
+    batch_window_s: float = 10.0
+    profile: bool = False
     # DARKROOM_* settings for every service of the run (experiments; recorded in the report)
     overrides: dict[str, str] = field(default_factory=dict)
 
@@ -67,6 +79,10 @@ class Options:
         self.overhead_jobs = 4
         self.overhead_shapes = [(128, 20), (256, 40)]
         self.recovery_timeout = 60.0
+        self.closed_loop_window_s = 5.0
+        self.closed_loop_shapes = [(64, 4)]
+        self.batch_shapes = [(64, 4)]
+        self.batch_window_s = 3.0
 
 
 def parse(argv: list[str] | None = None) -> Options:
@@ -95,6 +111,7 @@ def parse(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--shapes", help="overhead job shapes as SIZExSTEPS, comma-separated (e.g. 128x20,256x40)"
     )
+    _closed_loop_arguments(parser)
     parser.add_argument("--recovery-timeout", type=float, help="most seconds to wait for a rerun")
     parser.add_argument(
         "--env",
@@ -133,6 +150,9 @@ def parse(argv: list[str] | None = None) -> Options:
         "watch_channels",
         "overhead_jobs",
         "recovery_timeout",
+        "closed_loop_clients",
+        "closed_loop_window_s",
+        "batch_window_s",
     ):
         value = getattr(args, name)
         if value is not None:
@@ -141,12 +161,36 @@ def parse(argv: list[str] | None = None) -> Options:
             setattr(options, name, value)
     if args.shapes:
         options.overhead_shapes = _shapes(parser, args.shapes)
+    _closed_loop(parser, args, options)
     for item in args.env:
         name, sep, value = item.partition("=")
         if not sep or not name.startswith("DARKROOM_") or name.startswith("DARKROOM_BENCH_"):
             parser.error(f"--env takes DARKROOM_NAME=VALUE, got {item!r}")
         options.overrides[name] = value
     return options
+
+
+def _closed_loop_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--closed-loop-clients", type=int, help="clients in the closed loop")
+    parser.add_argument(
+        "--closed-loop-window-s", type=float, help="seconds of each closed-loop window"
+    )
+    parser.add_argument("--closed-loop-shapes", help="closed-loop job shapes as SIZExSTEPS, …")
+    parser.add_argument("--batch-shapes", help="batched-against-unbatched shapes as SIZExSTEPS, …")
+    parser.add_argument("--batch-window-s", type=float, help="seconds a side a round, batching")
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy the closed loop's processes (if installed)"
+    )
+
+
+def _closed_loop(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, options: Options
+) -> None:
+    if args.closed_loop_shapes:
+        options.closed_loop_shapes = _shapes(parser, args.closed_loop_shapes)
+    if args.batch_shapes:
+        options.batch_shapes = _shapes(parser, args.batch_shapes)
+    options.profile = args.profile
 
 
 def _shapes(parser: argparse.ArgumentParser, text: str) -> list[tuple[int, int]]:
