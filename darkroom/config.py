@@ -147,7 +147,10 @@ class Settings(BaseSettings):
     worker_poll_delay: Seconds = timedelta(milliseconds=500)
     lease: Seconds = timedelta(seconds=15)
     heartbeat_interval: Seconds = timedelta(seconds=5)
-    progress_rate: float = Field(default=10.0, gt=0)  # progress events per second, sustained
+    # Progress events per second, sustained (bursts of as many). Each one costs every hop
+    # (an append, each watcher's read and write, each client's parse): at 10 a second they
+    # were most of what a short job cost beside its pipeline.
+    progress_rate: float = Field(default=4.0, gt=0)
     job_timeout: Seconds = timedelta(minutes=10)
     retry_backoff: Seconds = timedelta(seconds=2)
     retry_backoff_max: Seconds = timedelta(minutes=1)

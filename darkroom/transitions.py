@@ -8,13 +8,24 @@ that webhooks hear of inserts its deliveries in that same statement (`darkroom.w
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, case, func, or_, update
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Interval,
+    Table,
+    bindparam,
+    case,
+    func,
+    or_,
+    update,
+)
 from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.expression import Executable
 
 from darkroom.db import HeldConnection, sessionmaker
 from darkroom.models import JobRecord, JobRow, State
@@ -22,6 +33,53 @@ from darkroom.spec import BATCH_SHARED
 from darkroom.webhooks.outbox import Event, with_deliveries
 
 _JOBS = cast(Table, JobRow.__table__)
+
+
+# Parameters of the statements built once per process (`Transitions.transition`'s shapes).
+_TYPES: dict[str, Any] = {
+    "job_id": JobRow.id.type,
+    "attempt": JobRow.attempt.type,
+    "queued": JobRow.attempt.type,
+    "next": JobRow.attempt.type,
+    "lease": Interval(),
+    "step": JobRow.progress_step.type,
+    "worker_id": JobRow.worker_id.type,
+    "outputs": JobRow.outputs.type,
+    "model_id": JobRow.model_id.type,
+    "model_version": JobRow.model_version.type,
+    "room": JobRow.num_images.type,
+    "model": JobRow.model.type,
+    **{name: getattr(JobRow, name).type for name in BATCH_SHARED},
+}
+_SHAPES: dict[str, Executable] = {}
+
+
+def bound(name: str) -> BindParameter[Any]:
+    """The bound parameter `name` of a statement built once (its type from `_TYPES`;
+    prefixed, as an UPDATE takes parameters named after columns for its SET clause)."""
+    return bindparam(f"p_{name}", type_=_TYPES[name])
+
+
+def _statement(  # noqa: PLR0917 - transition()'s own arguments, in its order
+    job_id: Any,
+    expected: State | Iterable[State],
+    values: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
+    owner: str | None,
+    attempt: Any,
+    where: Sequence[ColumnElement[bool]] | Callable[[], Sequence[ColumnElement[bool]]],
+    outbox: Event | None,
+) -> Executable:
+    states = [expected] if isinstance(expected, State) else list(expected)
+    statement = update(_JOBS).where(JobRow.id == job_id, JobRow.state.in_(states))
+    if owner is not None:
+        statement = statement.where(JobRow.owner == owner)
+    if attempt is not None:
+        statement = statement.where(JobRow.attempt == attempt)
+    conditions = where() if callable(where) else where
+    if conditions:
+        statement = statement.where(*conditions)
+    statement = statement.values(**(values() if callable(values) else values))
+    return statement.returning(*_JOBS.c) if outbox is None else with_deliveries(statement, outbox)
 
 
 class Transitions:
@@ -58,34 +116,50 @@ class Transitions:
         self,
         job_id: uuid.UUID,
         expected: State | Iterable[State],
-        values: Mapping[str, Any],
+        values: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
         *,
         owner: str | None = None,
         attempt: int | None = None,
-        where: Sequence[ColumnElement[bool]] = (),
+        where: Sequence[ColumnElement[bool]] | Callable[[], Sequence[ColumnElement[bool]]] = (),
         outbox: Event | None = None,
+        shape: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        attempt_param: str = "attempt",
     ) -> JobRecord | None:
         """Apply `values` only if the job is in `expected` (and at `attempt`, if given),
         with the webhook deliveries of `outbox` in the same statement.
 
         Returns the updated row, or None when the condition did not hold: the caller lost
         a race or the message was late, and nothing changed.
+
+        A hot move names its `shape`: its statement is then built once per process, with
+        the job id and attempt as bound parameters and `values`/`where` (callables, then)
+        written with `bound(...)` parameters whose values come in `params`. Building the
+        statement (a CTE for the webhook outbox) cost four times its execution.
         """
-        states = [expected] if isinstance(expected, State) else list(expected)
-        statement = update(_JOBS).where(JobRow.id == job_id, JobRow.state.in_(states))
-        if owner is not None:
-            statement = statement.where(JobRow.owner == owner)
-        if attempt is not None:
-            statement = statement.where(JobRow.attempt == attempt)
-        if where:
-            statement = statement.where(*where)
-        statement = statement.values(**values)
-        runs = (
-            statement.returning(*_JOBS.c) if outbox is None else with_deliveries(statement, outbox)
-        )
+        if shape is None:
+            runs = _statement(job_id, expected, values, owner, attempt, where, outbox)
+            parameters: dict[str, Any] | None = None
+        else:
+            cached = _SHAPES.get(shape)
+            if cached is None:
+                cached = _SHAPES[shape] = _statement(
+                    bound("job_id"),
+                    expected,
+                    values,
+                    owner,
+                    None if attempt is None else bound(attempt_param),
+                    where,
+                    outbox,
+                )
+            runs = cached
+            given = {"job_id": job_id, **(params or {})}
+            if attempt is not None:
+                given.setdefault(attempt_param, attempt)
+            parameters = {f"p_{name}": value for name, value in given.items()}
 
         async def execute(connection: AsyncConnection) -> JobRecord | None:
-            result: Result[Any] = await connection.execute(runs)
+            result: Result[Any] = await connection.execute(runs, parameters)
             return cast(JobRecord | None, result.one_or_none())
 
         if self._held is not None:
@@ -115,18 +189,31 @@ class Transitions:
         `batch_with`, also None (nothing written) unless the job can share that job's
         pipeline call (`BATCH_SHARED`, the same model) with at most `room` images.
         """
-        where = [or_(JobRow.deadline > func.now(), JobRow.started_at.is_not(None))]
+        params: dict[str, Any] = {
+            "queued": queued_attempt,
+            "next": queued_attempt + 1,
+            "worker_id": worker_id,
+            "lease": lease,
+        }
         if batch_with is not None:
-            where += [getattr(JobRow, name) == getattr(batch_with, name) for name in BATCH_SHARED]
-            where += [JobRow.model == batch_with.model, JobRow.num_images <= room]
+            params |= {name: getattr(batch_with, name) for name in (*BATCH_SHARED, "model")}
+            params["room"] = room
+
+        def where() -> list[ColumnElement[bool]]:
+            conditions = [or_(JobRow.deadline > func.now(), JobRow.started_at.is_not(None))]
+            if batch_with is not None:
+                conditions += [getattr(JobRow, name) == bound(name) for name in BATCH_SHARED]
+                conditions += [JobRow.model == bound("model"), JobRow.num_images <= bound("room")]
+            return conditions
+
         return await self.transition(
             job_id,
             State.QUEUED,
-            {
+            lambda: {
                 "state": State.RUNNING,
-                "attempt": queued_attempt + 1,
-                "worker_id": worker_id,
-                "lease_expires_at": func.now() + lease,
+                "attempt": bound("next"),
+                "worker_id": bound("worker_id"),
+                "lease_expires_at": func.now() + bound("lease"),
                 "started_at": func.now(),
                 "progress_step": 0,
                 "progress_total": JobRow.steps,
@@ -134,18 +221,31 @@ class Transitions:
             attempt=queued_attempt,
             where=where,
             outbox=Event.STARTED,
+            shape="claim" if batch_with is None else "claim_into_batch",
+            params=params,
+            # The claim matches the queued attempt; the row then holds the next one.
+            attempt_param="queued",
         )
 
     async def heartbeat(
         self, job_id: uuid.UUID, attempt: int, lease: timedelta, step: int | None = None
     ) -> JobRecord | None:
         """Renew the lease (and record progress); None when this attempt lost the job."""
-        values: dict[str, Any] = {"lease_expires_at": func.now() + lease}
-        if step is not None:
-            values["progress_step"] = step
-        progress = Event.PROGRESS if step is not None else None
+
+        def values() -> dict[str, Any]:
+            renewed: dict[str, Any] = {"lease_expires_at": func.now() + bound("lease")}
+            if step is not None:
+                renewed["progress_step"] = bound("step")
+            return renewed
+
         return await self.transition(
-            job_id, State.RUNNING, values, attempt=attempt, outbox=progress
+            job_id,
+            State.RUNNING,
+            values,
+            attempt=attempt,
+            outbox=Event.PROGRESS if step is not None else None,
+            shape="heartbeat" if step is None else "heartbeat_step",
+            params={"lease": lease, "step": step},
         )
 
     async def succeed(
@@ -160,11 +260,11 @@ class Transitions:
         return await self.transition(
             job_id,
             State.RUNNING,
-            {
+            lambda: {
                 "state": State.SUCCEEDED,
-                "outputs": outputs,
-                "model_id": model_id,
-                "model_version": model_version,
+                "outputs": bound("outputs"),
+                "model_id": bound("model_id"),
+                "model_version": bound("model_version"),
                 "progress_step": JobRow.progress_total,
                 "completed_at": func.now(),
                 "lease_expires_at": None,
@@ -173,6 +273,8 @@ class Transitions:
             },
             attempt=attempt,
             outbox=Event.TERMINAL,
+            shape="succeed",
+            params={"outputs": outputs, "model_id": model_id, "model_version": model_version},
         )
 
     async def end(

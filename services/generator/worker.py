@@ -100,6 +100,7 @@ class Runner:
         if previous is not None:
             await asyncio.shield(previous)
 
+
     async def _store(self, batch: Batch) -> None:
         try:
             await batch.finish()
