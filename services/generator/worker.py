@@ -100,7 +100,6 @@ class Runner:
         if previous is not None:
             await asyncio.shield(previous)
 
-
     async def _store(self, batch: Batch) -> None:
         try:
             await batch.finish()
