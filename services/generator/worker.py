@@ -123,21 +123,29 @@ class Runner:
         joined: list[JobRecord] = []
         deadline = time.monotonic() + s.settings.batch_wait.total_seconds()
         while room > 0:
-            message = await consumer.take_more()
+            try:
+                message = await consumer.take_more()
+            except Exception as exc:  # noqa: BLE001 - the lead runs all the same
+                log.warning("batch_gathering_failed", error=repr(exc))
+                break
             if message is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 await asyncio.sleep(min(left, BATCH_POLL))
                 continue
-            row = await s.lifecycle.claim(
-                message.job_id,
-                message.attempt,
-                s.worker_id,
-                s.settings.lease,
-                batch_with=lead,
-                room=room,
-            )
+            try:
+                row = await s.lifecycle.claim(
+                    message.job_id,
+                    message.attempt,
+                    s.worker_id,
+                    s.settings.lease,
+                    batch_with=lead,
+                    room=room,
+                )
+            except Exception as exc:  # noqa: BLE001 - its own turn claims it again
+                log.warning("batch_gathering_failed", error=repr(exc))
+                row = None
             if row is None:  # another shape (or a stale message): its own turn
                 consumer.keep(message)
                 break
