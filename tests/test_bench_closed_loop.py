@@ -51,7 +51,8 @@ def test_the_ledger_moves_a_threads_cpu_from_its_process_to_its_label() -> None:
         pass
     used = ledger.stop()
     assert used["this thread"] >= 0.2
-    assert 0 <= used["the rest of me"] < 0.1
+    # The process's and the thread's clocks are read a moment apart: a few ms either way.
+    assert -0.05 <= used["the rest of me"] < 0.1
 
 
 def test_generate_seconds_takes_the_jobs_asked_for() -> None:

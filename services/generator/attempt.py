@@ -78,11 +78,12 @@ class Attempt:
         elif row.cancel_requested:
             self.request_stop(Stop.CANCEL)
 
-    def _progress_due(self) -> list[events.JobEvent]:
+    def _progress_due(self, *, final: bool = False) -> list[events.JobEvent]:
         """The progress events due (see `StepProgress.due`)."""
         total = self.progress.total
         return [
-            events.progress(self.job_id, self.number, step, total) for step in self.progress.due()
+            events.progress(self.job_id, self.number, step, total)
+            for step in self.progress.due(final=final)
         ]
 
     async def _publish_progress(self) -> None:
@@ -166,7 +167,7 @@ class Attempt:
             await self._conclude_stop()
             return
         # The last steps go out with the terminal event, in the same append.
-        await self._finish(outcome, self._progress_due(), began, generated)
+        await self._finish(outcome, self._progress_due(final=True), began, generated)
 
     async def run(self) -> None:
         """Run the attempt alone, to its end; every outcome is a row transition."""

@@ -28,8 +28,9 @@ class StepProgress:
         self.total, self.latest = total, step
         return first
 
-    def due(self) -> list[int]:
-        """The steps to publish now (marked published)."""
+    def due(self, *, final: bool = False) -> list[int]:
+        """The steps to publish now (marked published); `final`: the attempt is done, so
+        at least its latest step goes out whatever the bucket holds."""
         latest, first = self.latest, self._published + 1
         if latest < first:
             return []
@@ -37,7 +38,10 @@ class StepProgress:
         self._tokens = min(self._rate, self._tokens + (now - self._refilled) * self._rate)
         self._refilled = now
         if self._tokens < 1:
-            return []
+            if not final:
+                return []
+            self._published = latest
+            return [latest]
         steps = list(range(first, latest + 1)) if self._tokens >= latest - first + 1 else [latest]
         self._published = latest
         self._tokens -= len(steps)
